@@ -1,0 +1,53 @@
+"""PTP/1, the pump programmer's serial protocol: sans-IO codec and messages."""
+
+from drivers.ptp.codec import (
+    DecodedItem,
+    DecoderCounters,
+    FrameDiscarded,
+    ProtocolError,
+    StreamDecoder,
+    crc16,
+    encode,
+)
+from drivers.ptp.messages import (
+    Alrm,
+    DeviceMessage,
+    Err,
+    Evt,
+    Flag,
+    Hello,
+    HostCommand,
+    IdCommand,
+    Message,
+    Ok,
+    PollCommand,
+    Stat,
+    StreamCommand,
+    TimeCommand,
+    flag_names,
+)
+
+__all__ = [
+    "Alrm",
+    "DecodedItem",
+    "DecoderCounters",
+    "DeviceMessage",
+    "Err",
+    "Evt",
+    "Flag",
+    "FrameDiscarded",
+    "Hello",
+    "HostCommand",
+    "IdCommand",
+    "Message",
+    "Ok",
+    "PollCommand",
+    "ProtocolError",
+    "Stat",
+    "StreamCommand",
+    "StreamDecoder",
+    "TimeCommand",
+    "crc16",
+    "encode",
+    "flag_names",
+]
