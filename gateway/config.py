@@ -1,0 +1,199 @@
+"""Gateway configuration: the TOML file, validated by pydantic, per-pump resolution.
+
+``load_config(path)`` returns a ``Config`` or raises ``ConfigError`` listing
+every problem as (key, message), so ``pumpgw check-config`` can print them
+all at once. Unknown keys are errors: a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+PUMP_ID_PATTERN = r"^[A-Z0-9-]{1,16}$"
+# A gateway id becomes an MQTT topic level: no wildcards, no separators.
+TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+TopicLevel = Annotated[str, StringConstraints(pattern=TOPIC_LEVEL_PATTERN)]
+
+
+def default_gateway_id() -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64]
+    return name or "pumpgw"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Section):
+    id: TopicLevel = Field(default_factory=default_gateway_id)
+    state_dir: Path = Path("/var/lib/pumpgw")
+
+
+class SerialSection(_Section):
+    port: str = Field(min_length=1, description="device path or pyserial URL")
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
+    poll_interval_s: int = Field(default=60, ge=1, le=3600)
+    link_timeout_s: float = Field(default=30.0, gt=0, le=86400)
+
+
+class MqttSection(_Section):
+    host: str = Field(default="localhost", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = Field(default="pumpgw", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    username: str | None = None
+    password_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    info_interval_s: float = Field(default=10.0, gt=0, le=3600)
+
+
+class _ThresholdFields(_Section):
+    """Alert thresholds; every one can be overridden per pump."""
+
+    reservoir_warning_ml: float = Field(default=5.0, ge=0, le=40)
+    reservoir_critical_ml: float = Field(default=2.0, ge=0, le=40)
+    reservoir_hysteresis_ml: float = Field(default=0.5, ge=0, le=40)
+    battery_warning_pct: float = Field(default=25, ge=0, le=100)
+    battery_critical_pct: float = Field(default=10, ge=0, le=100)
+    battery_hysteresis_pct: float = Field(default=3, ge=0, le=100)
+    telemetry_timeout_s: float = Field(default=180, gt=0, le=86400)
+    data_invalid_clear_readings: int = Field(default=3, ge=1, le=1000)
+
+
+class Thresholds(_ThresholdFields):
+    pass
+
+
+class PumpSection(_ThresholdFields):
+    label: str | None = Field(default=None, max_length=64)
+
+    def overrides(self) -> dict[str, Any]:
+        """Only the thresholds written in the file for this pump."""
+        return {k: getattr(self, k) for k in self.model_fields_set if k != "label"}
+
+
+class Config(_Section):
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    serial: SerialSection
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    pumps: dict[Annotated[str, StringConstraints(pattern=PUMP_ID_PATTERN)], PumpSection] = Field(
+        default_factory=dict
+    )
+
+    def thresholds_for(self, pump_id: str) -> Thresholds:
+        pump = self.pumps.get(pump_id)
+        if pump is None or not pump.model_fields_set - {"label"}:
+            return self.thresholds
+        return self.thresholds.model_copy(update=pump.overrides())
+
+    def label_for(self, pump_id: str) -> str | None:
+        pump = self.pumps.get(pump_id)
+        return pump.label if pump else None
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"pumpgw-{self.gateway.id}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    message: str
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(f"{self.source}: {p.key}: {p.message}" for p in self.problems)
+
+
+def _order_problems(scope: str, t: _ThresholdFields) -> list[Problem]:
+    out = []
+    for kind, unit in (("reservoir", "ml"), ("battery", "pct")):
+        crit = getattr(t, f"{kind}_critical_{unit}")
+        warn = getattr(t, f"{kind}_warning_{unit}")
+        if crit >= warn:
+            out.append(
+                Problem(
+                    f"{scope}{kind}_critical_{unit}",
+                    f"must be below {kind}_warning_{unit} ({crit:g} >= {warn:g})",
+                )
+            )
+    return out
+
+
+def _semantic_problems(config: Config) -> list[Problem]:
+    problems = _order_problems("thresholds.", config.thresholds)
+    for pump_id in config.pumps:
+        problems += _order_problems(f'pumps."{pump_id}".', config.thresholds_for(pump_id))
+    pw = config.mqtt.password_file
+    if pw is not None and not pw.is_file():
+        problems.append(Problem("mqtt.password_file", f"no such file: {pw}"))
+    if pw is not None and config.mqtt.username is None:
+        problems.append(Problem("mqtt.password_file", "set mqtt.username too"))
+    return problems
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    parts = []
+    for i, part in enumerate(loc):
+        text = str(part)
+        # dict keys of [pumps] hold dashes: quote them as TOML does
+        if i > 0 and loc[i - 1] == "pumps" and not re.fullmatch(r"[A-Za-z0-9_]+", text):
+            text = f'"{text}"'
+        parts.append(text)
+    return ".".join(parts) or "(file)"
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return f"{error['msg']} (got {error['input']!r})"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            source, [Problem(_key(e["loc"]), _message(e)) for e in exc.errors()]
+        ) from None
+    problems = _semantic_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    source = str(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(source, [Problem("(file)", exc.strerror or str(exc))]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [Problem("(syntax)", str(exc))]) from None
+    return parse_config(data, source)
+
+
+def read_password(config: Config) -> str | None:
+    """The MQTT password from ``password_file`` (first line). Never log it."""
+    if config.mqtt.password_file is None:
+        return None
+    lines = config.mqtt.password_file.read_text().splitlines()
+    return lines[0] if lines else ""

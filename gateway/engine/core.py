@@ -1,0 +1,271 @@
+"""The alert engine: (state, input, now, config) -> (state, events, pump states).
+
+Pure: no clock, no I/O, no randomness; ``now`` is the gateway's own clock
+(UTC) and is used for alert times and silence timeouts. Severities only
+rise within one episode (an alert is escalated, never quietly downgraded);
+an episode ends when its rule finds the condition absent, past the
+hysteresis margin, and the next episode gets a new ``alert_id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from drivers.ptp import Stat
+from gateway.config import Config
+from gateway.contract import (
+    GATEWAY_PUMP,
+    Alert,
+    AlertState,
+    AlertType,
+    Event,
+    EventKind,
+    PumpState,
+    Severity,
+)
+from gateway.engine import rules
+from gateway.engine.ids import make_id
+from gateway.engine.projection import project_state
+from gateway.engine.rules import Finding
+from gateway.engine.state import (
+    EngineInput,
+    EngineState,
+    InvalidData,
+    Lifecycle,
+    LinkChanged,
+    Outcome,
+    ProgrammerRestarted,
+    PumpEventReceived,
+    PumpTrack,
+    Reading,
+    Tick,
+)
+
+_EVT_KINDS = {
+    "REFILL": (EventKind.REFILL, "volume_ml"),
+    "PROG": (EventKind.PROGRAM_CHANGE, "dose_mcg_per_day"),
+    "RESET": (EventKind.PROGRAMMER_RESET, None),
+}
+
+
+def initial_state(config: Config, now: datetime) -> EngineState:
+    """Configured pumps are watched from the start, so a pump that never
+    reports raises ``telemetry_lost``; the link starts down."""
+    pumps = {pid: PumpTrack(pid, watch_since=now) for pid in config.pumps}
+    return EngineState(
+        gateway_id=config.gateway.id,
+        pumps=MappingProxyType(pumps),
+        gateway_alerts=MappingProxyType({}),
+        link_up=False,
+        link_since=now,
+        link_reason="not connected yet",
+    )
+
+
+def step(state: EngineState, event: EngineInput, now: datetime, config: Config) -> Outcome:
+    run = _Step(state, now, config)
+    match event:
+        case Reading(stat=stat):
+            run.reading(stat)
+        case Tick():
+            run.tick()
+        case LinkChanged(up=up, reason=reason):
+            run.link_changed(up, reason)
+        case InvalidData(pump_id=pump_id, reason=reason):
+            run.invalid_data(pump_id, reason)
+        case PumpEventReceived(evt=evt):
+            kind, key = _EVT_KINDS[evt.kind]
+            detail: dict[str, Any] = {"device_time": evt.time and evt.time.isoformat()}
+            if key:
+                detail[key] = evt.detail
+            run.emit(kind, evt.pump_id, detail=detail)
+        case ProgrammerRestarted(detail=text):
+            run.emit(EventKind.PROGRAMMER_RESET, None, detail={"reason": text})
+        case Lifecycle(kind=kind):
+            run.emit(kind, None)
+    return run.outcome()
+
+
+class _Step:
+    """One engine step: copies on write, so the input state stays untouched."""
+
+    def __init__(self, state: EngineState, now: datetime, config: Config) -> None:
+        self.state = state
+        self.now = now
+        self.config = config
+        self.pumps = dict(state.pumps)
+        self.gateway_alerts = dict(state.gateway_alerts)
+        self.next_id = state.next_id
+        self.events: list[Event] = []
+        self.pump_states: list[PumpState] = []
+
+    def outcome(self) -> Outcome:
+        new_state = EngineState(
+            gateway_id=self.state.gateway_id,
+            pumps=MappingProxyType(self.pumps),
+            gateway_alerts=MappingProxyType(self.gateway_alerts),
+            link_up=self.state.link_up,
+            link_since=self.state.link_since,
+            link_reason=self.state.link_reason,
+            next_id=self.next_id,
+        )
+        return Outcome(new_state, self.events, self.pump_states)
+
+    # --- inputs ---------------------------------------------------------------
+
+    def reading(self, stat: Stat) -> None:
+        pump_id = stat.pump_id
+        track = self._track(pump_id)
+        thresholds = self.config.thresholds_for(pump_id)
+        alerts = dict(track.alerts)
+        for alert_type, rule in rules.READING_RULES.items():
+            current = alerts.get(alert_type)
+            finding = rule(stat, thresholds, current.severity if current else None)
+            self._apply(alerts, pump_id, alert_type, finding)
+        self._apply(alerts, pump_id, AlertType.TELEMETRY_LOST, rules.telemetry_lost_by_flag(stat))
+        streak = track.valid_streak + 1
+        if streak >= thresholds.data_invalid_clear_readings:
+            self._apply(
+                alerts,
+                pump_id,
+                AlertType.DATA_INVALID,
+                Finding(None, f"{streak} valid readings since the last invalid frame"),
+            )
+        pump_state = project_state(
+            stat,
+            label=self.config.label_for(pump_id),
+            received_at=self.now,
+            stale=AlertType.TELEMETRY_LOST in alerts,
+        )
+        self.pump_states.append(pump_state)
+        self.pumps[pump_id] = PumpTrack(
+            pump_id,
+            watch_since=self.now,
+            last_state=pump_state,
+            valid_streak=streak,
+            alerts=MappingProxyType(alerts),
+        )
+
+    def tick(self) -> None:
+        for pump_id, track in list(self.pumps.items()):
+            thresholds = self.config.thresholds_for(pump_id)
+            silent_s = (self.now - track.watch_since).total_seconds()
+            finding = rules.telemetry_lost_by_silence(silent_s, thresholds)
+            if finding is None or AlertType.TELEMETRY_LOST in track.alerts:
+                continue
+            alerts = dict(track.alerts)
+            self._apply(alerts, pump_id, AlertType.TELEMETRY_LOST, finding)
+            last = track.last_state
+            if last is not None:
+                last = last.model_copy(update={"stale": True})
+                self.pump_states.append(last)
+            self.pumps[pump_id] = replace(track, alerts=MappingProxyType(alerts), last_state=last)
+        if not self.state.link_up:
+            down_s = (self.now - self.state.link_since).total_seconds()
+            finding = rules.link_lost(
+                down_s, self.config.serial.link_timeout_s, self.state.link_reason
+            )
+            self._apply(self.gateway_alerts, GATEWAY_PUMP, AlertType.LINK_LOST, finding)
+
+    def link_changed(self, up: bool, reason: str) -> None:
+        if up == self.state.link_up:
+            if not up:  # still down, for a new reason: remember the latest one
+                self.state = replace(self.state, link_reason=reason)
+            return
+        self.state = replace(self.state, link_up=up, link_since=self.now, link_reason=reason)
+        self.emit(EventKind.LINK_UP if up else EventKind.LINK_DOWN, None, {"reason": reason})
+        if up:
+            finding = rules.link_lost(None, self.config.serial.link_timeout_s, reason)
+            self._apply(self.gateway_alerts, GATEWAY_PUMP, AlertType.LINK_LOST, finding)
+
+    def invalid_data(self, pump_id: str, reason: str) -> None:
+        track = self._track(pump_id)
+        alerts = dict(track.alerts)
+        finding = Finding(Severity.WARNING, f"Invalid frame from the programmer: {reason}")
+        self._apply(alerts, pump_id, AlertType.DATA_INVALID, finding)
+        self.pumps[pump_id] = replace(track, valid_streak=0, alerts=MappingProxyType(alerts))
+
+    # --- alert episodes -------------------------------------------------------
+
+    def _track(self, pump_id: str) -> PumpTrack:
+        return self.pumps.get(pump_id) or PumpTrack(pump_id, watch_since=self.now)
+
+    def _new_id(self) -> str:
+        self.next_id += 1
+        return make_id(self.now, self.state.gateway_id, self.next_id)
+
+    def emit(
+        self,
+        kind: EventKind,
+        pump_id: str | None,
+        detail: dict[str, Any] | None = None,
+        alert: Alert | None = None,
+    ) -> None:
+        self.events.append(
+            Event(
+                event_id=self._new_id(),
+                at=self.now,
+                kind=kind,
+                pump_id=pump_id,
+                alert=alert,
+                detail=detail,
+            )
+        )
+
+    def _apply(
+        self,
+        alerts: dict[AlertType, Alert],
+        pump_id: str,
+        alert_type: AlertType,
+        finding: Finding | None,
+    ) -> None:
+        """Move one alert episode on by what the rule found (None: hold)."""
+        if finding is None:
+            return
+        current = alerts.get(alert_type)
+        if finding.severity is None:
+            if current is not None:
+                del alerts[alert_type]
+                cleared = current.model_copy(
+                    update={
+                        "state": AlertState.CLEARED,
+                        "message": f"Cleared: {finding.message}",
+                        "value": finding.value,
+                        "updated_at": self.now,
+                    }
+                )
+                self.emit(EventKind.ALERT_CLEARED, pump_id, alert=cleared)
+            return
+        if current is None:
+            alert = Alert(
+                alert_id=self._new_id(),
+                pump_id=pump_id,
+                type=alert_type,
+                severity=finding.severity,
+                state=AlertState.ACTIVE,
+                message=finding.message,
+                value=finding.value,
+                threshold=finding.threshold,
+                raised_at=self.now,
+                updated_at=self.now,
+            )
+            kind = EventKind.ALERT_RAISED
+        elif finding.severity.rank > current.severity.rank:
+            alert = current.model_copy(
+                update={
+                    "severity": finding.severity,
+                    "state": AlertState.ACTIVE,  # escalation breaks through an ack
+                    "message": finding.message,
+                    "value": finding.value,
+                    "threshold": finding.threshold,
+                    "updated_at": self.now,
+                }
+            )
+            kind = EventKind.ALERT_ESCALATED
+        else:
+            return
+        alerts[alert_type] = alert
+        self.emit(kind, pump_id, alert=alert)
