@@ -1,0 +1,495 @@
+"""Local MQTT broker for the demo and the test suite.
+
+``LocalBroker`` runs mosquitto as a foreground subprocess when it is installed (and
+preferred), otherwise an in-process amqtt broker on a background thread with its own
+asyncio event loop.  Both listen on 127.0.0.1 only and allow anonymous clients.
+
+Usage::
+
+    with LocalBroker() as broker:
+        endpoint = broker.endpoint  # BrokerEndpoint(host="127.0.0.1", port=..., ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal
+
+__all__ = ["BrokerEndpoint", "BrokerError", "LocalBroker", "find_mosquitto", "free_loopback_port"]
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+MOSQUITTO_FALLBACK_PATH = "/usr/sbin/mosquitto"
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+_PORT_RETRIES = 3
+_LOG_TAIL_LINES = 30
+_CONNECT_POLL_S = 0.05
+
+Kind = Literal["mosquitto", "amqtt"]
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    host: str
+    port: int
+    ws_port: int | None
+    kind: str  # "mosquitto" or "amqtt"
+
+
+class BrokerError(RuntimeError):
+    """The local broker failed to start or stop."""
+
+
+def free_loopback_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free at the time of the call."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto executable, or None when it is not installed."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    if os.access(MOSQUITTO_FALLBACK_PATH, os.X_OK):
+        return MOSQUITTO_FALLBACK_PATH
+    return None
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _ensure_port_free(port: int) -> None:
+    """Fail fast if something already listens on ``port``.
+
+    Without this, the readiness probe could connect to the *other* listener before
+    mosquitto notices its bind failure and exits.  SO_REUSEADDR mirrors mosquitto's own
+    socket options, so a port in TIME_WAIT (e.g. during ``restart()``) counts as free.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot start mosquitto: {LOOPBACK}:{port} is in use ({exc})"
+            ) from exc
+
+
+def _tail(path: Path | None, lines: int = _LOG_TAIL_LINES) -> str:
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalBroker:
+    """A throwaway MQTT broker bound to the loopback interface.
+
+    ``prefer="mosquitto"`` uses mosquitto when it is installed and falls back to amqtt;
+    ``prefer="amqtt"`` always uses amqtt.  ``port=0`` picks a free loopback port.
+    ``persistence_dir`` enables mosquitto persistence (retained messages and sessions
+    survive ``restart()``); amqtt keeps everything in memory.
+    """
+
+    def __init__(
+        self,
+        *,
+        prefer: str = "mosquitto",
+        port: int = 0,
+        persistence_dir: Path | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        if prefer not in ("mosquitto", "amqtt"):
+            raise ValueError(f"prefer must be 'mosquitto' or 'amqtt', not {prefer!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port out of range: {port}")
+        self._prefer = prefer
+        self._requested_port = port
+        self._persistence_dir = persistence_dir
+        self._log_path = log_path
+        self._lock = threading.RLock()
+        self._endpoint: BrokerEndpoint | None = None
+        # mosquitto state
+        self._mosquitto_bin: str | None = None
+        self._tmpdir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr_file: IO[bytes] | None = None
+        # amqtt state
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._abort = threading.Event()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def kind(self) -> Kind:
+        if self._prefer == "mosquitto" and find_mosquitto() is not None:
+            return "mosquitto"
+        return "amqtt"
+
+    @property
+    def endpoint(self) -> BrokerEndpoint:
+        if self._endpoint is None:
+            raise BrokerError("broker is not running")
+        return self._endpoint
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the mosquitto subprocess (None for amqtt or when stopped)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def workdir(self) -> Path | None:
+        """Temporary directory holding mosquitto's config and logs (removed by stop())."""
+        return self._tmpdir
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The amqtt broker thread (None for mosquitto or when stopped)."""
+        return self._thread
+
+    def start(self) -> BrokerEndpoint:
+        """Start the broker; returns once it accepts TCP connections."""
+        with self._lock:
+            if self._endpoint is not None:
+                return self._endpoint
+            kind = self.kind
+            try:
+                if kind == "mosquitto":
+                    endpoint = self._start_mosquitto(self._requested_port)
+                else:
+                    endpoint = self._start_amqtt(self._requested_port)
+            except BaseException:
+                self._teardown()
+                raise
+            self._endpoint = endpoint
+            log.info(
+                "broker.started kind=%s host=%s port=%d pid=%s",
+                endpoint.kind,
+                endpoint.host,
+                endpoint.port,
+                self.pid,
+            )
+            return endpoint
+
+    def stop(self) -> None:
+        """Stop the broker and remove temporary files.  Safe to call repeatedly."""
+        with self._lock:
+            was_running = self._endpoint is not None
+            self._teardown()
+            if was_running:
+                log.info("broker.stopped kind=%s", self.kind)
+
+    def restart(self) -> BrokerEndpoint:
+        """Stop and start the broker again on the same port.
+
+        Connected clients are dropped and must reconnect.  Retained messages survive only
+        with mosquitto and a ``persistence_dir``.
+        """
+        with self._lock:
+            endpoint = self.endpoint
+            log.info("broker.restarting kind=%s port=%d", endpoint.kind, endpoint.port)
+            if endpoint.kind == "mosquitto":
+                self._stop_mosquitto_process()
+                try:
+                    self._spawn_mosquitto(endpoint.port)
+                    self._wait_mosquitto_ready(endpoint.port)
+                except BaseException:
+                    self._teardown()
+                    raise
+            else:
+                self._stop_amqtt()
+                try:
+                    new = self._start_amqtt(endpoint.port)
+                except BaseException:
+                    self._teardown()
+                    raise
+                if new.port != endpoint.port:  # pragma: no cover - defensive
+                    raise BrokerError(f"amqtt restarted on {new.port}, expected {endpoint.port}")
+            log.info(
+                "broker.restarted kind=%s port=%d pid=%s", endpoint.kind, endpoint.port, self.pid
+            )
+            return endpoint
+
+    def __enter__(self) -> LocalBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ teardown
+
+    def _teardown(self) -> None:
+        self._endpoint = None
+        self._stop_mosquitto_process()
+        self._stop_amqtt()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    # ------------------------------------------------------------------ mosquitto
+
+    def _mosquitto_log_file(self) -> Path:
+        assert self._tmpdir is not None
+        return self._log_path if self._log_path is not None else self._tmpdir / "mosquitto.log"
+
+    def _write_mosquitto_config(self, port: int) -> Path:
+        assert self._tmpdir is not None
+        log_file = self._mosquitto_log_file()
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "# generated by gateway.broker.LocalBroker",
+            f"listener {port} {LOOPBACK}",
+            "allow_anonymous true",
+            f"log_dest file {log_file}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            "log_timestamp true",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # As root, mosquitto drops privileges to user "mosquitto" (which may not exist
+            # in a container and cannot write our root-owned temp/persistence dirs).
+            # "user root" keeps it as root; it only listens on loopback.
+            lines.append("user root")
+        if self._persistence_dir is not None:
+            self._persistence_dir.mkdir(parents=True, exist_ok=True)
+            lines += [
+                "persistence true",
+                f"persistence_location {self._persistence_dir.resolve()}/",
+                "autosave_interval 1",
+            ]
+        else:
+            lines.append("persistence false")
+        conf = self._tmpdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return conf
+
+    def _spawn_mosquitto(self, port: int) -> None:
+        assert self._tmpdir is not None and self._mosquitto_bin is not None
+        _ensure_port_free(port)
+        conf = self._write_mosquitto_config(port)
+        self._stderr_file = open(self._tmpdir / "mosquitto.stderr", "ab")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [self._mosquitto_bin, "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr_file,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+        )
+        log.debug(
+            "broker.spawned kind=mosquitto pid=%d port=%d conf=%s", self._proc.pid, port, conf
+        )
+
+    def _failure_report(self) -> str:
+        parts = []
+        stderr_tail = _tail(self._tmpdir / "mosquitto.stderr" if self._tmpdir else None)
+        if stderr_tail:
+            parts.append(f"--- mosquitto stdout/stderr ---\n{stderr_tail}")
+        log_tail = _tail(self._mosquitto_log_file() if self._tmpdir else self._log_path)
+        if log_tail:
+            parts.append(f"--- mosquitto log ---\n{log_tail}")
+        return "\n".join(parts) or "(mosquitto wrote no log output)"
+
+    def _wait_mosquitto_ready(self, port: int) -> None:
+        """Poll until the port accepts connections or the process exits."""
+        proc = self._proc
+        assert proc is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                report = self._failure_report()
+                raise _MosquittoExited(
+                    f"mosquitto exited with status {proc.returncode} before accepting "
+                    f"connections on {LOOPBACK}:{port}\n{report}",
+                    report,
+                )
+            if _accepts_connections(LOOPBACK, port) and proc.poll() is None:
+                return
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"mosquitto (pid {proc.pid}) did not accept connections on "
+                    f"{LOOPBACK}:{port} within {START_TIMEOUT_S:.0f}s\n{self._failure_report()}"
+                )
+            # Wait for the process to exit *or* the poll interval to elapse.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=_CONNECT_POLL_S)
+
+    def _start_mosquitto(self, port: int) -> BrokerEndpoint:
+        self._mosquitto_bin = find_mosquitto()
+        if self._mosquitto_bin is None:
+            raise BrokerError("mosquitto is not installed (apt-get install -y mosquitto)")
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="pumpgw-mosquitto-"))
+        attempts = 1 if port else _PORT_RETRIES
+        for attempt in range(1, attempts + 1):
+            chosen = port or free_loopback_port()
+            try:
+                self._spawn_mosquitto(chosen)
+                self._wait_mosquitto_ready(chosen)
+            except (_PortInUse, _MosquittoExited) as exc:
+                # An auto-picked port can be taken by someone else before mosquitto binds
+                # it; pick another one.  An explicitly requested port is not retried.
+                in_use = isinstance(exc, _PortInUse) or "Address already in use" in exc.report
+                self._stop_mosquitto_process()
+                if port or not in_use or attempt == attempts:
+                    raise BrokerError(str(exc)) from None
+                log.warning("broker.port_in_use kind=mosquitto port=%d attempt=%d", chosen, attempt)
+                continue
+            return BrokerEndpoint(host=LOOPBACK, port=chosen, ws_port=None, kind="mosquitto")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _stop_mosquitto_process(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    log.warning(
+                        "broker.kill kind=mosquitto pid=%d reason=terminate_timeout", proc.pid
+                    )
+                    proc.kill()
+                    proc.wait()
+            log.debug("broker.reaped kind=mosquitto pid=%d status=%s", proc.pid, proc.returncode)
+        if self._stderr_file is not None:
+            self._stderr_file.close()
+            self._stderr_file = None
+
+    # ------------------------------------------------------------------ amqtt
+
+    def _start_amqtt(self, port: int) -> BrokerEndpoint:
+        ready = threading.Event()
+        result: dict[str, Any] = {}
+        self._abort = threading.Event()
+        thread = threading.Thread(
+            target=self._amqtt_thread_main,
+            args=(port, ready, result),
+            name="amqtt-broker",
+            daemon=True,
+        )
+        self._thread = thread
+        thread.start()
+        if not ready.wait(START_TIMEOUT_S):
+            raise BrokerError(f"amqtt broker did not start within {START_TIMEOUT_S:.0f}s")
+        error = result.get("error")
+        if error is not None:
+            thread.join(STOP_TIMEOUT_S)
+            self._thread = None
+            raise BrokerError(
+                f"amqtt broker failed to start on {LOOPBACK}:{port}: {error!r}"
+            ) from error
+        # Broker.start() has awaited asyncio.start_server(), so the socket is listening.
+        # (No TCP probe here: amqtt logs an ERROR for a connection that sends no CONNECT.)
+        bound: int = result["port"]
+        return BrokerEndpoint(host=LOOPBACK, port=bound, ws_port=None, kind="amqtt")
+
+    def _amqtt_thread_main(self, port: int, ready: threading.Event, result: dict[str, Any]) -> None:
+        try:
+            asyncio.run(self._amqtt_serve(port, ready, result))
+        except BaseException as exc:  # reported to start() through `result`
+            if not ready.is_set():
+                result["error"] = exc
+                ready.set()
+            else:
+                log.exception("broker.thread_error kind=amqtt")
+        finally:
+            ready.set()
+
+    async def _amqtt_serve(self, port: int, ready: threading.Event, result: dict[str, Any]) -> None:
+        from amqtt.broker import Broker
+
+        config: dict[str, Any] = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{LOOPBACK}:{port}"}},
+            # An explicit plugin map replaces amqtt's defaults (packet/event loggers and
+            # the $SYS publisher): only anonymous auth is needed here.
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+        abort = self._abort
+        stop_event = asyncio.Event()
+        # Publish loop and event *before* checking `abort`; _stop_amqtt() sets `abort`
+        # before reading them, so a stop racing with startup is never lost.
+        self._loop, self._stop_event = asyncio.get_running_loop(), stop_event
+        broker = Broker(config, loop=asyncio.get_running_loop())
+        await broker.start()
+        try:
+            result["port"] = _amqtt_bound_port(broker, port)
+            ready.set()
+            if not abort.is_set():
+                await stop_event.wait()
+        finally:
+            await broker.shutdown()
+
+    def _stop_amqtt(self) -> None:
+        self._abort.set()
+        thread, loop, stop_event = self._thread, self._loop, self._stop_event
+        self._thread = self._loop = self._stop_event = None
+        if thread is None:
+            return
+        if loop is not None and stop_event is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(stop_event.set)
+        thread.join(STOP_TIMEOUT_S)
+        if thread.is_alive():
+            log.error("broker.thread_leak kind=amqtt thread=%s", thread.name)
+            raise BrokerError(f"amqtt broker thread {thread.name} did not stop")
+        log.debug("broker.joined kind=amqtt thread=%s", thread.name)
+
+
+class _PortInUse(BrokerError):
+    pass
+
+
+class _MosquittoExited(BrokerError):
+    def __init__(self, message: str, report: str) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _amqtt_bound_port(broker: Any, requested: int) -> int:
+    """Port actually bound by amqtt's default listener (resolves port 0)."""
+    server = getattr(broker, "_servers", {}).get("default")
+    sockets = getattr(getattr(server, "instance", None), "sockets", None) or ()
+    for sock in sockets:
+        name = sock.getsockname()
+        if sock.family == socket.AF_INET and name[0] == LOOPBACK:
+            return int(name[1])
+    if requested:
+        return requested
+    raise BrokerError("could not determine the port bound by amqtt")
