@@ -6,6 +6,7 @@
 
 from gateway.engine.core import initial_state, step
 from gateway.engine.state import (
+    Acknowledge,
     EngineInput,
     EngineState,
     InvalidData,
@@ -20,6 +21,7 @@ from gateway.engine.state import (
 )
 
 __all__ = [
+    "Acknowledge",
     "EngineInput",
     "EngineState",
     "InvalidData",

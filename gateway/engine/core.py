@@ -9,6 +9,7 @@ hysteresis margin, and the next episode gets a new ``alert_id``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
@@ -21,6 +22,7 @@ from gateway.contract import (
     Alert,
     AlertState,
     AlertType,
+    CommandResult,
     Event,
     EventKind,
     PumpState,
@@ -31,6 +33,7 @@ from gateway.engine.ids import make_id
 from gateway.engine.projection import project_state
 from gateway.engine.rules import Finding
 from gateway.engine.state import (
+    Acknowledge,
     EngineInput,
     EngineState,
     InvalidData,
@@ -86,6 +89,8 @@ def step(state: EngineState, event: EngineInput, now: datetime, config: Config) 
             run.emit(EventKind.PROGRAMMER_RESET, None, detail={"reason": text})
         case Lifecycle(kind=kind):
             run.emit(kind, None)
+        case Acknowledge(alert_id=alert_id, by=by, note=note):
+            run.acknowledge(alert_id, by, note)
     return run.outcome()
 
 
@@ -101,6 +106,7 @@ class _Step:
         self.next_id = state.next_id
         self.events: list[Event] = []
         self.pump_states: list[PumpState] = []
+        self.results: list[CommandResult] = []
 
     def outcome(self) -> Outcome:
         new_state = EngineState(
@@ -112,7 +118,7 @@ class _Step:
             link_reason=self.state.link_reason,
             next_id=self.next_id,
         )
-        return Outcome(new_state, self.events, self.pump_states)
+        return Outcome(new_state, self.events, self.pump_states, self.results)
 
     # --- inputs ---------------------------------------------------------------
 
@@ -187,6 +193,47 @@ class _Step:
         finding = Finding(Severity.WARNING, f"Invalid frame from the programmer: {reason}")
         self._apply(alerts, pump_id, AlertType.DATA_INVALID, finding)
         self.pumps[pump_id] = replace(track, valid_streak=0, alerts=MappingProxyType(alerts))
+
+    def acknowledge(self, alert_id: str, by: str, note: str | None) -> None:
+        """An active alert becomes acknowledged; anything else changes nothing."""
+        for pump_id, alerts in self._alert_tables():
+            for alert_type, alert in alerts.items():
+                if alert.alert_id != alert_id:
+                    continue
+                if alert.state is AlertState.ACTIVE:
+                    acked = alert.model_copy(
+                        update={
+                            "state": AlertState.ACKNOWLEDGED,
+                            "acknowledged_by": by,
+                            "acknowledged_at": self.now,
+                            "updated_at": self.now,
+                        }
+                    )
+                    self._store(pump_id, alert_type, acked)
+                    self.emit(EventKind.ALERT_ACKNOWLEDGED, pump_id, {"note": note}, acked)
+                self.results.append(CommandResult(ok=True, command="ack", alert_id=alert_id))
+                return
+        self.results.append(
+            CommandResult(
+                ok=False,
+                command="ack",
+                alert_id=alert_id,
+                error="unknown alert_id (no active alert has it; it may have cleared)",
+            )
+        )
+
+    def _alert_tables(self) -> list[tuple[str, Mapping[AlertType, Alert]]]:
+        tables: list[tuple[str, Mapping[AlertType, Alert]]] = [(GATEWAY_PUMP, self.gateway_alerts)]
+        tables += [(pid, track.alerts) for pid, track in self.pumps.items()]
+        return tables
+
+    def _store(self, pump_id: str, alert_type: AlertType, alert: Alert) -> None:
+        if pump_id == GATEWAY_PUMP:
+            self.gateway_alerts[alert_type] = alert
+            return
+        track = self.pumps[pump_id]
+        alerts = {**track.alerts, alert_type: alert}
+        self.pumps[pump_id] = replace(track, alerts=MappingProxyType(alerts))
 
     # --- alert episodes -------------------------------------------------------
 

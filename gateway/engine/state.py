@@ -12,7 +12,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from drivers.ptp import Evt, Stat
-from gateway.contract import Alert, AlertType, Event, EventKind, PumpState
+from gateway.contract import Alert, AlertType, CommandResult, Event, EventKind, PumpState
 
 _NO_ALERTS: Mapping[AlertType, Alert] = MappingProxyType({})
 
@@ -89,8 +89,22 @@ class Lifecycle:
     kind: EventKind
 
 
+@dataclass(frozen=True, slots=True)
+class Acknowledge:
+    alert_id: str
+    by: str
+    note: str | None
+
+
 EngineInput = (
-    Reading | Tick | LinkChanged | InvalidData | PumpEventReceived | ProgrammerRestarted | Lifecycle
+    Reading
+    | Tick
+    | LinkChanged
+    | InvalidData
+    | PumpEventReceived
+    | ProgrammerRestarted
+    | Lifecycle
+    | Acknowledge
 )
 
 
@@ -99,3 +113,4 @@ class Outcome:
     state: EngineState
     events: list[Event]  # in order; alert_* events carry the alert to retain
     pump_states: list[PumpState]
+    results: list[CommandResult]

@@ -1,0 +1,107 @@
+"""``pumpgw``: run, simulate, check-config, demo.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
+Bad input gives a one-line reason per problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from drivers.logfmt import setup_logging
+from gateway.config import Config, ConfigError, load_config, read_password
+
+EXIT_BAD_CONFIG = 2
+
+
+def _load(path: Path) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return EXIT_BAD_CONFIG
+    pumps = ", ".join(config.pumps) or "none configured (any pump the programmer reports)"
+    print(
+        f"{args.file}: OK (gateway {config.gateway.id}, serial {config.serial.port}, pumps: {pumps})"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_BAD_CONFIG
+    try:
+        password = read_password(config)
+    except OSError as exc:
+        print(f"{args.config}: mqtt.password_file: cannot read: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    setup_logging(args.log_level)
+    from gateway.daemon import Daemon
+
+    daemon = Daemon(config, password)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from drivers.simulator.cli import run_simulate
+
+    return run_simulate(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(speed=args.speed, duration_s=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from drivers.simulator.cli import add_simulate_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="pumpgw",
+        description="Bedside telemetry gateway for implanted intrathecal drug pumps.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", "-c", type=Path, required=True, help="gateway.toml")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_check_config)
+
+    simulate = sub.add_parser("simulate", help="simulated pump programmer speaking PTP/1")
+    add_simulate_arguments(simulate)
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser(
+        "demo", help="broker + simulated programmer + gateway, with a live view (Ctrl-C stops)"
+    )
+    demo.add_argument(
+        "--speed", type=float, default=8640.0, help="simulated seconds per real second"
+    )
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
