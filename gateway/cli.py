@@ -30,7 +30,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     pumps = ", ".join(config.pumps) or "none configured (any pump the programmer reports)"
     print(
-        f"{args.file}: OK (gateway {config.gateway.id}, serial {config.serial.port}, pumps: {pumps})"
+        f"{args.file}: OK (gateway {config.gateway.id}, "
+        f"serial {config.serial.port}, pumps: {pumps})"
     )
     return 0
 
