@@ -60,7 +60,9 @@ class Running:
         try:
             return self.sub.wait_for(predicate, DEADLINE_S)
         except AssertionError as exc:
-            raise AssertionError(f"{what}\n{exc}\n--- gateway log:\n{self.gw.log()[-4000:]}")
+            raise AssertionError(
+                f"{what}\n{exc}\n--- gateway log:\n{self.gw.log()[-4000:]}"
+            ) from None
 
 
 @pytest.fixture
@@ -174,7 +176,7 @@ def test_link_lost_when_programmer_absent_and_cleared_when_back(
     tmp_path: Path, mosquitto: BrokerEndpoint
 ) -> None:
     # A TCP port nobody listens on yet: the link is down from the start.
-    with simulator(tmp_path, "--tcp", "0", "--pump", "PMP-0001=normal") as (sim, port):
+    with simulator(tmp_path, "--tcp", "0", "--pump", "PMP-0001=normal") as (_sim, port):
         pass  # only to learn a free port; the simulator is gone again
     config = gateway_config(
         tmp_path, port=port, broker_port=mosquitto.port, serial_extra="link_timeout_s = 1"
