@@ -66,13 +66,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from drivers.simulator.cli import add_simulate_arguments
+    from drivers.simulator.cli import OneLineErrorParser, add_simulate_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="pumpgw",
         description="Bedside telemetry gateway for implanted intrathecal drug pumps.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineErrorParser
+    )
 
     run = sub.add_parser("run", help="run the gateway daemon")
     run.add_argument("--config", "-c", type=Path, required=True, help="gateway.toml")
