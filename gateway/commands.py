@@ -23,8 +23,8 @@ def parse_ack(payload: bytes) -> AckCommand | CommandResult:
         return reject(f"payload of {len(payload)} bytes exceeds {MAX_COMMAND_BYTES}")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return reject(f"malformed JSON: {exc}")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        return reject(f"malformed JSON: {type(exc).__name__}: {exc}")
     if not isinstance(data, dict):
         return reject("payload must be a JSON object")
     try:

@@ -29,12 +29,16 @@ def default_gateway_id() -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML values are typed: `true` or "60" where a number belongs is a mistake.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+FilePath = Annotated[Path, Field(strict=False)]  # TOML gives paths as strings
 
 
 class GatewaySection(_Section):
     id: TopicLevel = Field(default_factory=default_gateway_id)
-    state_dir: Path = Path("/var/lib/pumpgw")
+    state_dir: FilePath = Path("/var/lib/pumpgw")
 
 
 class SerialSection(_Section):
@@ -50,7 +54,7 @@ class MqttSection(_Section):
     topic_prefix: str = Field(default="pumpgw", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     username: str | None = None
-    password_file: Path | None = None
+    password_file: FilePath | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     info_interval_s: float = Field(default=10.0, gt=0, le=3600)
 
@@ -120,9 +124,13 @@ class ConfigError(Exception):
         return "\n".join(f"{self.source}: {p.key}: {p.message}" for p in self.problems)
 
 
-def _order_problems(scope: str, t: _ThresholdFields) -> list[Problem]:
+def _order_problems(scope: str, t: _ThresholdFields, only: set[str] | None = None) -> list[Problem]:
+    """Critical below warning; ``only``: check just the pairs these keys touch."""
     out = []
     for kind, unit in (("reservoir", "ml"), ("battery", "pct")):
+        keys = {f"{kind}_critical_{unit}", f"{kind}_warning_{unit}"}
+        if only is not None and not keys & only:
+            continue
         crit = getattr(t, f"{kind}_critical_{unit}")
         warn = getattr(t, f"{kind}_warning_{unit}")
         if crit >= warn:
@@ -137,8 +145,9 @@ def _order_problems(scope: str, t: _ThresholdFields) -> list[Problem]:
 
 def _semantic_problems(config: Config) -> list[Problem]:
     problems = _order_problems("thresholds.", config.thresholds)
-    for pump_id in config.pumps:
-        problems += _order_problems(f'pumps."{pump_id}".', config.thresholds_for(pump_id))
+    for pump_id, pump in config.pumps.items():
+        scope = f'pumps."{pump_id}".'
+        problems += _order_problems(scope, config.thresholds_for(pump_id), pump.model_fields_set)
     pw = config.mqtt.password_file
     if pw is not None and not pw.is_file():
         problems.append(Problem("mqtt.password_file", f"no such file: {pw}"))
@@ -149,6 +158,7 @@ def _semantic_problems(config: Config) -> list[Problem]:
 
 def _key(loc: tuple[int | str, ...]) -> str:
     parts = []
+    loc = tuple(p for p in loc if p != "[key]")  # pydantic's marker for a bad dict key
     for i, part in enumerate(loc):
         text = str(part)
         # dict keys of [pumps] hold dashes: quote them as TOML does
@@ -186,7 +196,7 @@ def load_config(path: Path) -> Config:
             data = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(source, [Problem("(file)", exc.strerror or str(exc))]) from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [Problem("(syntax)", str(exc))]) from None
     return parse_config(data, source)
 

@@ -76,7 +76,9 @@ class Daemon:
         self.config = config
         self.clock = clock
         self.monotonic = monotonic
-        self.inbox: queue.Queue[DaemonInput] = queue.Queue()
+        # SimpleQueue.put is reentrant: safe from the signal handler even when the
+        # main thread is interrupted inside get() (queue.Queue can deadlock there).
+        self.inbox: queue.SimpleQueue[DaemonInput] = queue.SimpleQueue()
         self.session = ses.ProgrammerSession(config.serial.poll_interval_s)
         self.serial = SerialLink(config.serial.port, config.serial.baudrate, self.inbox.put)
         self.mqtt = MqttLink(config, password, self.inbox.put)

@@ -159,9 +159,15 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def run_demo(speed: float, duration_s: float | None) -> int:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C
+    try:
+        return _demo(speed, duration_s)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _demo(speed: float, duration_s: float | None) -> int:
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     workdir = Path(tempfile.mkdtemp(prefix="pumpgw-demo-"))
     view = LiveView(sys.stdout)
     with contextlib.ExitStack() as stack:
@@ -201,12 +207,14 @@ def run_demo(speed: float, duration_s: float | None) -> int:
         if timer:
             timer.start()
             stack.callback(timer.cancel)
-        while not stop.wait(0.25):  # redraw at most 4 times a second
-            if gateway.poll() is not None:
-                print(f"gateway exited ({gateway.returncode}); see {workdir}", file=sys.stderr)
-                return 1
-            if view.changed.is_set():
-                view.changed.clear()
-                view.draw()
-    print(f"demo stopped; logs kept in {workdir}", flush=True)
+        try:
+            while not stop.wait(0.25):  # redraw at most 4 times a second
+                if gateway.poll() is not None:
+                    print(f"gateway exited ({gateway.returncode}); see {workdir}", file=sys.stderr)
+                    return 1
+                if view.changed.is_set():
+                    view.changed.clear()
+                    view.draw()
+        finally:
+            print(f"demo stopping; logs kept in {workdir}", flush=True)
     return 0

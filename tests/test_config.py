@@ -256,11 +256,6 @@ def test_wrong_type_or_range_is_an_error(data: dict[str, Any], key: str) -> None
     assert "got " in problems[0].message  # the message shows what was found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: gateway/config.py models validate in pydantic lax mode, so a TOML "
-    "boolean or string is silently coerced into a number (link_timeout_s = true -> 1.0 s)",
-)
 @pytest.mark.parametrize(
     ("data", "key"),
     [
@@ -326,12 +321,6 @@ def test_per_pump_override_can_fix_the_order_only_together() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): gateway/config.py:141 re-checks the merged thresholds of every "
-    "pump, so a bad global pair is also reported under each [pumps] table that does not "
-    "set either key (a key that is not in the file)",
-)
 def test_bad_global_order_is_reported_once() -> None:
     keys = keys_of(
         with_(thresholds={"reservoir_critical_ml": 6.0}, pumps={"PMP-0001": {"label": "Bed 1"}})
@@ -354,11 +343,6 @@ def test_invalid_pump_id_keys(pump_id: str) -> None:
     assert "[A-Z0-9-]{1,16}" in problems[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: gateway/config.py:150 _key keeps pydantic's '[key]' loc marker, so a bad "
-    "pump id is reported as 'pumps.\"pmp-1\".[key]', which is not a TOML key",
-)
 def test_invalid_pump_id_key_is_a_plain_dotted_key() -> None:
     assert keys_of(with_(pumps={"pmp-1": {}})) == ['pumps."pmp-1"']
 
@@ -439,12 +423,6 @@ def test_toml_syntax_error_is_a_problem(tmp_path: Path, text: str) -> None:
     assert "line" in problem.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: gateway/config.py:186-190 catch only OSError and TOMLDecodeError; "
-    "a file that is not UTF-8 makes tomllib.load raise UnicodeDecodeError, "
-    "which escapes load_config",
-)
 def test_non_utf8_file_is_a_problem(tmp_path: Path) -> None:
     path = write(tmp_path, b'[serial]\nport = "\xff"\n')
     with pytest.raises(ConfigError) as info:

@@ -337,12 +337,6 @@ def test_unanswered_probe_takes_the_link_down_and_retries() -> None:
     assert sent(session) == [PollCommand(), StreamCommand(POLL_S)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: drivers/session.py tick() leaves _probing True after an unanswered probe "
-    "(line 159-165) and _on_hello only resets it on the READY branch (line 208), so after "
-    "the link comes back next_deadline() is None and a silent device is never probed again",
-)
 def test_liveness_probing_works_again_after_a_recovered_link() -> None:
     session = ready_session(now=0.0)
     limit = session.silence_limit_s

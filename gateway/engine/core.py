@@ -27,6 +27,7 @@ from gateway.contract import (
     EventKind,
     PumpState,
     Severity,
+    format_utc,
 )
 from gateway.engine import rules
 from gateway.engine.ids import make_id
@@ -81,7 +82,7 @@ def step(state: EngineState, event: EngineInput, now: datetime, config: Config) 
             run.invalid_data(pump_id, reason)
         case PumpEventReceived(evt=evt):
             kind, key = _EVT_KINDS[evt.kind]
-            detail: dict[str, Any] = {"device_time": evt.time and evt.time.isoformat()}
+            detail: dict[str, Any] = {"device_time": evt.time and format_utc(evt.time)}
             if key:
                 detail[key] = evt.detail
             run.emit(kind, evt.pump_id, detail=detail)
@@ -304,7 +305,10 @@ class _Step:
             alert = current.model_copy(
                 update={
                     "severity": finding.severity,
-                    "state": AlertState.ACTIVE,  # escalation breaks through an ack
+                    # escalation breaks through an acknowledgement
+                    "state": AlertState.ACTIVE,
+                    "acknowledged_by": None,
+                    "acknowledged_at": None,
                     "message": finding.message,
                     "value": finding.value,
                     "threshold": finding.threshold,
