@@ -62,7 +62,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(speed=args.speed, duration_s=args.duration)
+    return run_demo(speed=args.speed, duration_s=args.duration, broker=args.broker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=float, default=8640.0, help="simulated seconds per real second"
     )
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument(
+        "--broker",
+        choices=["mosquitto", "amqtt"],
+        default="mosquitto",
+        help="mosquitto when installed (default), else the embedded amqtt broker",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -158,21 +158,20 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
             proc.wait()
 
 
-def run_demo(speed: float, duration_s: float | None) -> int:
+def run_demo(speed: float, duration_s: float | None, broker: str = "mosquitto") -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C
     try:
-        return _demo(speed, duration_s)
+        return _demo(speed, duration_s, broker)
     except KeyboardInterrupt:
         return 0
 
 
-def _demo(speed: float, duration_s: float | None) -> int:
+def _demo(speed: float, duration_s: float | None, prefer: str) -> int:
     stop = threading.Event()
     workdir = Path(tempfile.mkdtemp(prefix="pumpgw-demo-"))
     view = LiveView(sys.stdout)
     with contextlib.ExitStack() as stack:
-        broker = stack.enter_context(LocalBroker())
-        endpoint = broker.start()
+        endpoint = stack.enter_context(LocalBroker(prefer=prefer)).start()
         print(f"broker: {endpoint.kind} on {endpoint.host}:{endpoint.port}", flush=True)
         sim_args = [sys.executable, "-m", "drivers.simulator", "--speed", str(speed)]
         for pid, (scenario, _) in DEMO_PUMPS.items():

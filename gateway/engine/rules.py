@@ -42,31 +42,47 @@ def combine(findings: Sequence[Finding | None], current: Severity | None) -> Fin
     return worst
 
 
-def _low_value(
-    value: float | None,
-    *,
-    warning: float,
-    critical: float,
-    margin: float,
-    active: bool,
-    describe: str,
-    unit: str,
-) -> Finding | None:
-    """Low-is-bad threshold with hysteresis on the clearing side."""
-    if value is None:
-        return None
-    shown = f"{describe} {value:g}{unit}"
-    if value <= critical:
-        return Finding(
-            Severity.CRITICAL, f"{shown} (critical at {critical:g}{unit})", value, critical
+@dataclass(frozen=True, slots=True)
+class LowValueRule:
+    """A value that is bad when low, plus the pump's own flags for the same
+    condition: warning at or below ``warning``, critical at or below
+    ``critical``, clearing only above ``warning + margin``."""
+
+    describe: str
+    unit: str
+    warning: float
+    critical: float
+    margin: float
+    critical_flag: tuple[Flag, str]
+    warning_flag: tuple[Flag, str]
+
+    def assess(
+        self, value: float | None, flags: Flag | None, current: Severity | None
+    ) -> Finding | None:
+        return combine(
+            [
+                self._by_value(value, active=current is not None),
+                _flag(flags, *self.critical_flag, Severity.CRITICAL, value),
+                _flag(flags, *self.warning_flag, Severity.WARNING, value),
+            ],
+            current,
         )
-    if value <= warning or (active and value <= warning + margin):
-        return Finding(Severity.WARNING, f"{shown} (warning at {warning:g}{unit})", value, warning)
-    return Finding(None, f"{shown}", value, warning)
+
+    def _by_value(self, value: float | None, active: bool) -> Finding | None:
+        if value is None:
+            return None
+        shown = f"{self.describe} {value:g}{self.unit}"
+        if value <= self.critical:
+            at = f"(critical at {self.critical:g}{self.unit})"
+            return Finding(Severity.CRITICAL, f"{shown} {at}", value, self.critical)
+        if value <= self.warning or (active and value <= self.warning + self.margin):
+            at = f"(warning at {self.warning:g}{self.unit})"
+            return Finding(Severity.WARNING, f"{shown} {at}", value, self.warning)
+        return Finding(None, shown, value, self.warning)
 
 
 def _flag(
-    flags: Flag | None, flag: Flag, severity: Severity, message: str, value: float | None
+    flags: Flag | None, flag: Flag, message: str, severity: Severity, value: float | None
 ) -> Finding | None:
     if flags is None or Flag.NO_LINK in flags:
         return None  # unknown, or last-known values of an unreachable pump
@@ -80,63 +96,37 @@ def _values_known(stat: Stat) -> bool:
 
 
 def reservoir_low(stat: Stat, t: Thresholds, current: Severity | None) -> Finding | None:
-    res = stat.res_ml if _values_known(stat) else None
-    return combine(
-        [
-            _low_value(
-                res,
-                warning=t.reservoir_warning_ml,
-                critical=t.reservoir_critical_ml,
-                margin=t.reservoir_hysteresis_ml,
-                active=current is not None,
-                describe="Reservoir",
-                unit=" mL",
-            ),
-            _flag(stat.flags, Flag.EMPTY, Severity.CRITICAL, "Pump reports reservoir EMPTY", res),
-            _flag(
-                stat.flags,
-                Flag.LOW_RES,
-                Severity.WARNING,
-                "Pump's own low-reservoir alarm is sounding (LOW_RES)",
-                res,
-            ),
-        ],
-        current,
+    rule = LowValueRule(
+        "Reservoir",
+        " mL",
+        warning=t.reservoir_warning_ml,
+        critical=t.reservoir_critical_ml,
+        margin=t.reservoir_hysteresis_ml,
+        critical_flag=(Flag.EMPTY, "Pump reports reservoir EMPTY"),
+        warning_flag=(Flag.LOW_RES, "Pump's own low-reservoir alarm is sounding (LOW_RES)"),
     )
+    return rule.assess(stat.res_ml if _values_known(stat) else None, stat.flags, current)
 
 
 def battery_low(stat: Stat, t: Thresholds, current: Severity | None) -> Finding | None:
-    pct = stat.bat_pct if _values_known(stat) else None
-    return combine(
-        [
-            _low_value(
-                pct,
-                warning=t.battery_warning_pct,
-                critical=t.battery_critical_pct,
-                margin=t.battery_hysteresis_pct,
-                active=current is not None,
-                describe="Battery",
-                unit="%",
-            ),
-            _flag(stat.flags, Flag.EOS, Severity.CRITICAL, "Battery at end of service (EOS)", pct),
-            _flag(
-                stat.flags,
-                Flag.ERI,
-                Severity.WARNING,
-                "Battery at elective replacement indicator (ERI)",
-                pct,
-            ),
-        ],
-        current,
+    rule = LowValueRule(
+        "Battery",
+        "%",
+        warning=t.battery_warning_pct,
+        critical=t.battery_critical_pct,
+        margin=t.battery_hysteresis_pct,
+        critical_flag=(Flag.EOS, "Battery at end of service (EOS)"),
+        warning_flag=(Flag.ERI, "Battery at elective replacement indicator (ERI)"),
     )
+    return rule.assess(stat.bat_pct if _values_known(stat) else None, stat.flags, current)
 
 
 def pump_fault(stat: Stat, t: Thresholds, current: Severity | None) -> Finding | None:
     return _flag(
         stat.flags,
         Flag.MOTOR_STALL,
-        Severity.CRITICAL,
         "Pump motor stalled: no drug is being delivered",
+        Severity.CRITICAL,
         None,
     )
 
