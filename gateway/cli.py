@@ -7,6 +7,7 @@ Bad input gives a one-line reason per problem, never a traceback.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -48,7 +49,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     from gateway.daemon import Daemon
 
-    daemon = Daemon(config, password)
+    try:
+        daemon = Daemon(config, password)
+    except (OSError, sqlite3.Error) as exc:
+        state_dir = config.gateway.state_dir
+        print(
+            f"{args.config}: gateway.state_dir: cannot open the outbox in {state_dir}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
     daemon.install_signal_handlers()
     return daemon.run()
 

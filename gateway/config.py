@@ -39,6 +39,8 @@ FilePath = Annotated[Path, Field(strict=False)]  # TOML gives paths as strings
 class GatewaySection(_Section):
     id: TopicLevel = Field(default_factory=default_gateway_id)
     state_dir: FilePath = Path("/var/lib/pumpgw")
+    # Alerts and events are never dropped; past this, old state messages go.
+    outbox_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024, le=16 * 1024**3)
 
 
 class SerialSection(_Section):

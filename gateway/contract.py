@@ -149,6 +149,21 @@ class Counters(_Payload):
     commands_rejected: int = 0
 
 
+class BrokerStatus(_Payload):
+    connected: bool
+    last_error: str | None  # why the last connection attempt failed or dropped
+    disconnects: int
+
+
+class OutboxStatus(_Payload):
+    """The durable outbox: messages not yet acknowledged by the broker."""
+
+    pending: int
+    bytes: int
+    over_limit: bool  # past gateway.outbox_max_bytes with alerts/events only
+    error: str | None  # the disk refused a write (messages then kept in memory)
+
+
 class Info(_Payload):
     """``{p}/{gw}/info``: gateway and programmer identity, link state, counters."""
 
@@ -159,6 +174,8 @@ class Info(_Payload):
     link_error: str | None = None
     programmer: ProgrammerIdentity | None
     counters: Counters
+    broker: BrokerStatus
+    outbox: OutboxStatus
 
 
 class AckCommand(_Payload):

@@ -26,24 +26,32 @@ from gateway import engine
 from gateway.commands import parse_ack
 from gateway.config import Config
 from gateway.contract import (
-    GATEWAY_PUMP,
+    BrokerStatus,
     CommandResult,
     Counters,
+    Event,
     EventKind,
     Info,
+    OutboxStatus,
     ProgrammerIdentity,
 )
+from gateway.delivery import Delivery
 from gateway.mqtt_link import (
     BrokerConnected,
     BrokerDisconnected,
     BrokerEvent,
     CommandReceived,
     MqttLink,
+    PublishAcked,
 )
+from gateway.outbox import Outbox, Outgoing
 
 log = logging.getLogger("pumpgw.daemon")
 
 TICK_S = 1.0  # resolution of silence timeouts (telemetry, link)
+BATCH = 256  # inputs handled per outbox transaction when they arrive in a burst
+SHUTDOWN_FLUSH_S = 3.0  # how long a clean stop waits for the broker to take the rest
+OUTBOX_FILE = "outbox.sqlite3"
 
 
 def utc_now() -> datetime:
@@ -84,11 +92,34 @@ class Daemon:
         self.mqtt = MqttLink(config, password, self.inbox.put)
         self.topics = self.mqtt.topics
         self.started_at = clock()
-        self.state = engine.initial_state(config, self.started_at)
+        self.outbox = Outbox(
+            config.gateway.state_dir / OUTBOX_FILE, config.gateway.outbox_max_bytes
+        )
+        self.delivery = Delivery(self.outbox, self.mqtt)
+        self.state = self._restore_state()
         self.commands_rejected = 0
+        self._outgoing: list[Outgoing] = []
+        self._to_log: list[Event] = []
+        self._snapshot_dirty = False
         self._next_tick = 0.0
         self._info_due: float | None = None
         self._published_counters: Counters | None = None
+
+    def _restore_state(self) -> engine.EngineState:
+        fresh = engine.initial_state(self.config, self.started_at)
+        snapshot = self.outbox.load_engine_snapshot()
+        if snapshot is None:
+            return fresh
+        try:
+            state = engine.restore_state(snapshot, fresh, self.started_at)
+        except ValueError as exc:
+            log_event(
+                log, "engine_state_unreadable", logging.ERROR, error=exc, action="start fresh"
+            )
+            return fresh
+        active = state.active_alerts()
+        log_event(log, "engine_state_restored", active_alerts=len(active), pending=self.outbox.rows)
+        return state
 
     # --- main loop --------------------------------------------------------------
 
@@ -115,19 +146,42 @@ class Daemon:
         self.mqtt.start()
         self.serial.start()
         self._feed(engine.Lifecycle(EventKind.GATEWAY_STARTED))
-        while True:
-            try:
-                item = self.inbox.get(timeout=self._wait_s())
-            except queue.Empty:
-                item = None
-            if isinstance(item, StopRequested):
-                log_event(log, "gateway_stopping", why=item.why)
-                break
-            if item is not None:
-                self._handle(item)
+        while (stop := self._handle_batch()) is None:
             self._on_time_passed()
+            self._commit()
+        log_event(log, "gateway_stopping", why=stop.why)
         self._shutdown()
         return 0
+
+    def _handle_batch(self) -> StopRequested | None:
+        """Block until something arrives or a deadline is due; then take what
+        else is already waiting, up to BATCH, so a burst shares one commit."""
+        try:
+            item: DaemonInput | None = self.inbox.get(timeout=self._wait_s())
+        except queue.Empty:
+            return None
+        for _ in range(BATCH):
+            if isinstance(item, StopRequested):
+                return item
+            assert item is not None
+            self._handle(item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+        return None
+
+    def _commit(self) -> None:
+        """Outbox first (with the engine state), then the broker."""
+        if self._outgoing or self._snapshot_dirty:
+            snapshot = engine.dump_state(self.state) if self._snapshot_dirty else None
+            self.delivery.store(self._outgoing, snapshot)
+            self._outgoing = []
+            self._snapshot_dirty = False
+            for ev in self._to_log:
+                _log_event(ev)
+            self._to_log = []
+        self.delivery.pump()
 
     def _wait_s(self) -> float:
         now = self.monotonic()
@@ -151,8 +205,22 @@ class Daemon:
     def _shutdown(self) -> None:
         self._feed(engine.Lifecycle(EventKind.GATEWAY_STOPPING))
         self.serial.stop()
+        self._commit()
+        # Give the broker a moment to take what is stored; the rest stays in
+        # the outbox for the next start.
+        deadline = self.monotonic() + SHUTDOWN_FLUSH_S
+        while self.mqtt.connected and not self.delivery.idle:
+            try:
+                item = self.inbox.get(timeout=max(0.0, deadline - self.monotonic()))
+            except queue.Empty:
+                break
+            if isinstance(item, PublishAcked):
+                self.delivery.acked(item.mid)
+            self.delivery.pump()
+        self.delivery.pump()
         self.mqtt.stop()
-        log_event(log, "gateway_stopped")
+        self.outbox.close()
+        log_event(log, "gateway_stopped", undelivered=self.outbox.rows)
 
     # --- inputs -------------------------------------------------------------------
 
@@ -169,6 +237,8 @@ class Daemon:
                 self._info_now()
             case BrokerConnected():
                 self._info_now()
+            case PublishAcked(mid=mid):
+                self.delivery.acked(mid)
             case BrokerDisconnected():
                 pass  # paho reconnects by itself; the log line is written there
             case CommandReceived(topic=topic, payload=payload):
@@ -198,8 +268,10 @@ class Daemon:
                     )
                     self._feed(engine.LinkChanged(True, f"handshake with {hello.programmer_sn}"))
                     self._info_now()
-                case ses.LinkDown(reason=reason):
+                case ses.LinkDown(reason=reason, reopen_port=reopen):
                     log_event(log, "link_down", logging.WARNING, reason=reason)
+                    if reopen:
+                        self.serial.reopen()
                     self._feed(engine.LinkChanged(False, reason))
                     self._info_now()
                 case ses.ProgrammerRestarted(hello=hello):
@@ -246,36 +318,24 @@ class Daemon:
     def _feed(self, event: engine.EngineInput) -> None:
         outcome = engine.step(self.state, event, self.clock(), self.config)
         self.state = outcome.state
+        if outcome.events:
+            self._snapshot_dirty = True  # alerts or the id counter moved
         for ev in outcome.events:
             if ev.alert is not None:
-                alert = ev.alert
-                log_event(
-                    log,
-                    ev.kind.value,
-                    logging.WARNING,
-                    pump_id=alert.pump_id,
-                    type=alert.type.value,
-                    severity=alert.severity.value,
-                    alert_id=alert.alert_id,
-                    message=alert.message,
-                )
-                self.mqtt.publish(
-                    self.topics.alert(alert.pump_id or GATEWAY_PUMP, alert.type),
-                    alert.to_json(),
-                    retain=True,
-                )
-            self.mqtt.publish(self.topics.events, ev.to_json(), retain=False)
-        for pump_state in outcome.pump_states:
-            self.mqtt.publish(
-                self.topics.state(pump_state.pump_id), pump_state.to_json(), retain=True
-            )
+                topic = self.topics.alert(ev.alert.pump_id, ev.alert.type)
+                self._outgoing.append(Outgoing(topic, ev.alert.to_json(), retain=True))
+            self._outgoing.append(Outgoing(self.topics.events, ev.to_json(), retain=False))
+        self._to_log += outcome.events
+        for st in outcome.pump_states:
+            topic = self.topics.state(st.pump_id)
+            self._outgoing.append(Outgoing(topic, st.to_json(), retain=True, coalesce=True))
         for result in outcome.results:
             if not result.ok:
                 self.commands_rejected += 1
             self._publish_result(result)
 
     def _publish_result(self, result: CommandResult) -> None:
-        self.mqtt.publish(self.topics.cmd_result, result.to_json(), retain=False)
+        self._outgoing.append(Outgoing(self.topics.cmd_result, result.to_json(), retain=False))
 
     def _counters(self) -> Counters:
         c = self.session.counters
@@ -297,6 +357,7 @@ class Daemon:
         if self._info_due is None or now < self._info_due or not self.mqtt.connected:
             return
         hello = self.session.hello
+        delivery = self.delivery.status()
         info = Info(
             gateway_id=self.config.gateway.id,
             version=package_version(),
@@ -313,7 +374,40 @@ class Daemon:
                 protocol=hello.proto,
             ),
             counters=counters,
+            broker=BrokerStatus(
+                connected=self.mqtt.connected,
+                last_error=self.mqtt.last_error,
+                disconnects=self.mqtt.disconnects,
+            ),
+            outbox=OutboxStatus(
+                pending=delivery.pending,
+                bytes=delivery.bytes,
+                over_limit=delivery.over_limit,
+                error=delivery.error,
+            ),
         )
-        self.mqtt.publish(self.topics.info, info.to_json(), retain=True)
+        self._outgoing.append(
+            Outgoing(self.topics.info, info.to_json(), retain=True, coalesce=True)
+        )
         self._published_counters = counters
         self._info_due = None
+
+
+def _log_event(ev: Event) -> None:
+    """One line per event, written once it is safely in the outbox."""
+    alert = ev.alert
+    if alert is None:
+        log_event(log, ev.kind.value, event_id=ev.event_id, pump_id=ev.pump_id, detail=ev.detail)
+        return
+    log_event(
+        log,
+        ev.kind.value,
+        logging.WARNING,
+        event_id=ev.event_id,
+        pump_id=alert.pump_id,
+        type=alert.type.value,
+        severity=alert.severity.value,
+        state=alert.state.value,
+        alert_id=alert.alert_id,
+        message=alert.message,
+    )

@@ -31,6 +31,7 @@ QOS = 1
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 MAX_COMMAND_BYTES = 4096
+MAX_INFLIGHT = 100  # QoS 1 messages on the wire awaiting PUBACK (paho queues the rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,14 @@ class CommandReceived:
     payload: bytes
 
 
-BrokerEvent = BrokerConnected | BrokerDisconnected | CommandReceived
+@dataclass(frozen=True, slots=True)
+class PublishAcked:
+    """The broker acknowledged (PUBACK) the message with this paho ``mid``."""
+
+    mid: int
+
+
+BrokerEvent = BrokerConnected | BrokerDisconnected | CommandReceived | PublishAcked
 
 
 class MqttLink:
@@ -63,7 +71,9 @@ class MqttLink:
         self.topics = Topics(config.mqtt.topic_prefix, config.gateway.id)
         self._sink = sink
         self._connected = threading.Event()
-        self._last_error: str | None = None
+        self.last_error: str | None = None  # kept after a reconnect, for info
+        self._failure_logged: str | None = None
+        self.disconnects = 0
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
@@ -80,6 +90,8 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
+        client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client = client
 
     @property
@@ -95,8 +107,8 @@ class MqttLink:
         self._client.loop_start()
 
     def publish(self, topic: str, payload: bytes, retain: bool) -> mqtt.MQTTMessageInfo:
-        """QoS 1. While disconnected paho keeps the message in memory and sends
-        it after the reconnect."""
+        """QoS 1; ``PublishAcked(mid)`` follows the broker's PUBACK. paho keeps
+        a message it has taken in memory and resends it after a reconnect."""
         return self._client.publish(topic, payload, qos=QOS, retain=retain)
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -124,7 +136,7 @@ class MqttLink:
             if reason.is_failure:
                 self._report_failure(f"broker refused the connection: {reason}")
                 return
-            self._last_error = None
+            self._failure_logged = None
             self._connected.set()
             log_event(log, "mqtt_connected", host=self.config.mqtt.host)
             client.publish(self.topics.status, b"online", qos=QOS, retain=True)
@@ -151,6 +163,8 @@ class MqttLink:
             was_connected = self._connected.is_set()
             self._connected.clear()
             if was_connected:
+                self.disconnects += 1
+                self.last_error = f"disconnected: {reason}"
                 log_event(log, "mqtt_disconnected", logging.WARNING, reason=reason)
                 self._sink(BrokerDisconnected(str(reason)))
         except Exception:
@@ -162,9 +176,23 @@ class MqttLink:
         except Exception:
             log.exception("event=mqtt_callback_failed callback=on_message")
 
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            self._sink(PublishAcked(mid))
+        except Exception:
+            log.exception("event=mqtt_callback_failed callback=on_publish")
+
     def _report_failure(self, error: str) -> None:
         """One log line per change of error, not one per retry."""
-        if error != self._last_error:
-            self._last_error = error
+        self.last_error = error
+        if error != self._failure_logged:
+            self._failure_logged = error
             log_event(log, "mqtt_connect_failed", logging.ERROR, error=error)
             self._sink(BrokerDisconnected(error))

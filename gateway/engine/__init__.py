@@ -5,6 +5,7 @@
 """
 
 from gateway.engine.core import initial_state, step
+from gateway.engine.snapshot import dump_state, restore_state
 from gateway.engine.state import (
     Acknowledge,
     EngineInput,
@@ -33,6 +34,8 @@ __all__ = [
     "PumpTrack",
     "Reading",
     "Tick",
+    "dump_state",
     "initial_state",
+    "restore_state",
     "step",
 ]
