@@ -160,6 +160,7 @@ class Subscriber:
         *,
         client_id: str = "",
         qos: int = 1,
+        clean_session: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.topic_filter = topic_filter
@@ -167,7 +168,7 @@ class Subscriber:
         self._cond = threading.Condition()
         self._messages: list[Received] = []
         self._subacks = 0
-        self._client = make_client(client_id)
+        self._client = make_client(client_id, clean_session=clean_session)
         self._tracker = _ConnectTracker()
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
