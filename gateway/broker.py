@@ -2,18 +2,27 @@
 
 ``LocalBroker`` runs mosquitto as a foreground subprocess when it is installed (and
 preferred), otherwise an in-process amqtt broker on a background thread with its own
-asyncio event loop.  Both listen on 127.0.0.1 only and allow anonymous clients.
+asyncio event loop.  Both listen on 127.0.0.1 only and allow anonymous clients, unless
+``users`` is given: then only those user names and passwords may connect (for tests of
+the gateway with wrong credentials).
 
 Usage::
 
     with LocalBroker() as broker:
         endpoint = broker.endpoint  # BrokerEndpoint(host="127.0.0.1", port=..., ...)
+
+    with LocalBroker(users={"gw": "right"}) as broker:
+        ...
+        broker.set_users({"gw": "changed"})
+        broker.restart()  # same port, new password file
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -22,22 +31,37 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
-__all__ = ["BrokerEndpoint", "BrokerError", "LocalBroker", "find_mosquitto", "free_loopback_port"]
+__all__ = [
+    "BrokerEndpoint",
+    "BrokerError",
+    "LocalBroker",
+    "find_mosquitto",
+    "find_mosquitto_passwd",
+    "free_loopback_port",
+]
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 MOSQUITTO_FALLBACK_PATH = "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD_FALLBACK_PATH = "/usr/bin/mosquitto_passwd"
+PASSWD_FILE_NAME = "passwd"
+PASSWD_TOOL_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 _PORT_RETRIES = 3
 _LOG_TAIL_LINES = 30
 _CONNECT_POLL_S = 0.05
+# mosquitto 2.0's "$7$" password hash: PBKDF2-HMAC-SHA512, 101 rounds, 12-byte salt
+# (what mosquitto_passwd writes; used only when mosquitto_passwd is not installed).
+_MOSQUITTO_HASH_ROUNDS = 101
+_MOSQUITTO_SALT_BYTES = 12
 
 Kind = Literal["mosquitto", "amqtt"]
 
@@ -70,6 +94,123 @@ def find_mosquitto() -> str | None:
     if os.access(MOSQUITTO_FALLBACK_PATH, os.X_OK):
         return MOSQUITTO_FALLBACK_PATH
     return None
+
+
+def find_mosquitto_passwd() -> str | None:
+    """Path of the mosquitto_passwd executable, or None when it is not installed."""
+    found = shutil.which("mosquitto_passwd")
+    if found:
+        return found
+    if os.access(MOSQUITTO_PASSWD_FALLBACK_PATH, os.X_OK):
+        return MOSQUITTO_PASSWD_FALLBACK_PATH
+    return None
+
+
+def _checked_users(users: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Copy of ``users``, rejecting names a password file cannot hold.
+
+    mosquitto and amqtt both read ``name:hash`` lines, skip ``#`` comment lines and
+    (amqtt) strip whitespace; mosquitto_passwd writes an empty name but cannot read the
+    file back afterwards.  Passwords are only hashed, but go through argv: no NUL.
+    """
+    if users is None:
+        return None
+    checked = dict(users)
+    for name, password in checked.items():
+        if not isinstance(name, str) or not isinstance(password, str):
+            raise TypeError("users must map user name (str) to password (str)")
+        if (
+            not name
+            or ":" in name
+            or name.startswith("#")
+            or name != name.strip()
+            or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name)
+        ):
+            raise ValueError(f"user name not usable in a password file: {name!r}")
+        if "\0" in password:
+            raise ValueError(f"password of user {name!r} contains a NUL character")
+    return checked
+
+
+def _mosquitto_password_hash(password: str) -> str:
+    """A mosquitto 2.0 ``$7$`` hash, as ``mosquitto_passwd`` would write it."""
+    salt = os.urandom(_MOSQUITTO_SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _MOSQUITTO_HASH_ROUNDS)
+    b64 = base64.b64encode
+    return f"$7${_MOSQUITTO_HASH_ROUNDS}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def _write_mosquitto_passwd(path: Path, users: Mapping[str, str]) -> None:
+    """Create mosquitto's password file ``path`` (mode 0600) for ``users``.
+
+    Uses ``mosquitto_passwd -b -c`` / ``-b`` when installed, else writes the hashes
+    itself.  The file is built under a temporary name and renamed into place.
+    """
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    tool = find_mosquitto_passwd()
+    if tool is None or not users:  # mosquitto_passwd cannot create an empty file
+        lines = [f"{name}:{_mosquitto_password_hash(pw)}\n" for name, pw in users.items()]
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.writelines(lines)
+    else:
+        for index, (name, password) in enumerate(users.items()):
+            create = ["-c"] if index == 0 else []
+            try:
+                done = subprocess.run(
+                    [tool, "-b", *create, str(tmp), name, password],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=PASSWD_TOOL_TIMEOUT_S,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                # Not `from exc`: TimeoutExpired's text shows argv, i.e. the password.
+                reason = (
+                    exc.strerror
+                    if isinstance(exc, OSError)
+                    else f"timed out after {PASSWD_TOOL_TIMEOUT_S:.0f}s"
+                )
+                raise BrokerError(f"{tool} failed for user {name!r}: {reason}") from None
+            if done.returncode != 0:
+                message = (done.stderr or done.stdout).decode(errors="replace").strip()
+                raise BrokerError(
+                    f"{tool} exited with status {done.returncode} for user {name!r}: {message}"
+                )
+    # mosquitto_passwd -c honours the umask (0644); the hashes are nobody else's business.
+    # The file stays owned by us: as root mosquitto reads it as root ("user root"), as
+    # anyone else it runs as that same user.
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _write_amqtt_passwd(path: Path, users: Mapping[str, str]) -> None:
+    """Create a password file for amqtt's FileAuthPlugin (argon2 hashes, mode 0600)."""
+    try:
+        from amqtt.plugins import authentication
+        from pwdlib import PasswordHash
+        from pwdlib.hashers.argon2 import Argon2Hasher
+    except ImportError as exc:
+        raise BrokerError(
+            f"users= needs amqtt's FileAuthPlugin with argon2 hashes (amqtt >= 0.12): {exc}; "
+            "install mosquitto or upgrade amqtt"
+        ) from exc
+    if not hasattr(authentication, "FileAuthPlugin") or not hasattr(
+        authentication, "Argon2Hasher"
+    ):  # amqtt 0.11 only verified sha512-crypt hashes through passlib
+        raise BrokerError(
+            "users= needs amqtt's FileAuthPlugin with argon2 hashes (amqtt >= 0.12); "
+            "install mosquitto or upgrade amqtt"
+        )
+    hasher = PasswordHash((Argon2Hasher(),))
+    lines = [f"{name}:{hasher.hash(password)}\n" for name, password in users.items()]
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.writelines(lines)
+    os.replace(tmp, path)
 
 
 def _accepts_connections(host: str, port: int) -> bool:
@@ -114,6 +255,11 @@ class LocalBroker:
     ``prefer="amqtt"`` always uses amqtt.  ``port=0`` picks a free loopback port.
     ``persistence_dir`` enables mosquitto persistence (retained messages and sessions
     survive ``restart()``); amqtt keeps everything in memory.
+
+    ``users`` (user name -> password) turns anonymous access off: only those credentials
+    are accepted (CONNACK "not authorized" otherwise, for both brokers).  An empty
+    mapping admits nobody.  ``set_users()`` changes them for the next ``start()`` or
+    ``restart()``.  The password file lives in ``workdir``.
     """
 
     def __init__(
@@ -123,6 +269,7 @@ class LocalBroker:
         port: int = 0,
         persistence_dir: Path | None = None,
         log_path: Path | None = None,
+        users: Mapping[str, str] | None = None,
     ) -> None:
         if prefer not in ("mosquitto", "amqtt"):
             raise ValueError(f"prefer must be 'mosquitto' or 'amqtt', not {prefer!r}")
@@ -132,6 +279,7 @@ class LocalBroker:
         self._requested_port = port
         self._persistence_dir = persistence_dir
         self._log_path = log_path
+        self._users = _checked_users(users)
         self._lock = threading.RLock()
         self._endpoint: BrokerEndpoint | None = None
         # mosquitto state
@@ -166,8 +314,19 @@ class LocalBroker:
 
     @property
     def workdir(self) -> Path | None:
-        """Temporary directory holding mosquitto's config and logs (removed by stop())."""
+        """Temporary directory holding mosquitto's config and logs, and the password file
+        (for amqtt only that, and only with ``users``).  Removed by stop()."""
         return self._tmpdir
+
+    def set_users(self, users: Mapping[str, str] | None) -> None:
+        """Replace the accepted credentials (None: anonymous access again).
+
+        Takes effect at the next ``start()`` or ``restart()``; a running broker keeps
+        the old ones until then.
+        """
+        checked = _checked_users(users)
+        with self._lock:
+            self._users = checked
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -190,11 +349,12 @@ class LocalBroker:
                 raise
             self._endpoint = endpoint
             log.info(
-                "broker.started kind=%s host=%s port=%d pid=%s",
+                "broker.started kind=%s host=%s port=%d pid=%s auth=%s",
                 endpoint.kind,
                 endpoint.host,
                 endpoint.port,
                 self.pid,
+                self._auth_description(),
             )
             return endpoint
 
@@ -233,7 +393,11 @@ class LocalBroker:
                 if new.port != endpoint.port:  # pragma: no cover - defensive
                     raise BrokerError(f"amqtt restarted on {new.port}, expected {endpoint.port}")
             log.info(
-                "broker.restarted kind=%s port=%d pid=%s", endpoint.kind, endpoint.port, self.pid
+                "broker.restarted kind=%s port=%d pid=%s auth=%s",
+                endpoint.kind,
+                endpoint.port,
+                self.pid,
+                self._auth_description(),
             )
             return endpoint
 
@@ -248,6 +412,11 @@ class LocalBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _auth_description(self) -> str:
+        if self._users is None:
+            return "anonymous"
+        return "password users=" + (",".join(sorted(self._users)) or "(none)")
 
     # ------------------------------------------------------------------ teardown
 
@@ -272,7 +441,14 @@ class LocalBroker:
         lines = [
             "# generated by gateway.broker.LocalBroker",
             f"listener {port} {LOOPBACK}",
-            "allow_anonymous true",
+        ]
+        if self._users is None:
+            lines.append("allow_anonymous true")
+        else:
+            passwd = self._tmpdir / PASSWD_FILE_NAME
+            _write_mosquitto_passwd(passwd, self._users)
+            lines += ["allow_anonymous false", f"password_file {passwd}"]
+        lines += [
             f"log_dest file {log_file}",
             "log_type error",
             "log_type warning",
@@ -284,7 +460,9 @@ class LocalBroker:
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             # As root, mosquitto drops privileges to user "mosquitto" (which may not exist
             # in a container and cannot write our root-owned temp/persistence dirs).
-            # "user root" keeps it as root; it only listens on loopback.
+            # "user root" keeps it as root; it only listens on loopback.  (mosquitto 2.0
+            # reads password_file only *after* dropping privileges, so without this the
+            # 0600 root-owned password file would be unreadable.)
             lines.append("user root")
         if self._persistence_dir is not None:
             self._persistence_dir.mkdir(parents=True, exist_ok=True)
@@ -393,12 +571,18 @@ class LocalBroker:
     # ------------------------------------------------------------------ amqtt
 
     def _start_amqtt(self, port: int) -> BrokerEndpoint:
+        password_file: Path | None = None
+        if self._users is not None:
+            if self._tmpdir is None:
+                self._tmpdir = Path(tempfile.mkdtemp(prefix="pumpgw-amqtt-"))
+            password_file = self._tmpdir / PASSWD_FILE_NAME
+            _write_amqtt_passwd(password_file, self._users)
         ready = threading.Event()
         result: dict[str, Any] = {}
         self._abort = threading.Event()
         thread = threading.Thread(
             target=self._amqtt_thread_main,
-            args=(port, ready, result),
+            args=(port, password_file, ready, result),
             name="amqtt-broker",
             daemon=True,
         )
@@ -418,9 +602,15 @@ class LocalBroker:
         bound: int = result["port"]
         return BrokerEndpoint(host=LOOPBACK, port=bound, ws_port=None, kind="amqtt")
 
-    def _amqtt_thread_main(self, port: int, ready: threading.Event, result: dict[str, Any]) -> None:
+    def _amqtt_thread_main(
+        self,
+        port: int,
+        password_file: Path | None,
+        ready: threading.Event,
+        result: dict[str, Any],
+    ) -> None:
         try:
-            asyncio.run(self._amqtt_serve(port, ready, result))
+            asyncio.run(self._amqtt_serve(port, password_file, ready, result))
         except BaseException as exc:  # reported to start() through `result`
             if not ready.is_set():
                 result["error"] = exc
@@ -430,16 +620,27 @@ class LocalBroker:
         finally:
             ready.set()
 
-    async def _amqtt_serve(self, port: int, ready: threading.Event, result: dict[str, Any]) -> None:
+    async def _amqtt_serve(
+        self,
+        port: int,
+        password_file: Path | None,
+        ready: threading.Event,
+        result: dict[str, Any],
+    ) -> None:
         from amqtt.broker import Broker
 
+        # An explicit plugin map replaces amqtt's defaults (packet/event loggers and the
+        # $SYS publisher): only authentication is needed here.  FileAuthPlugin alone
+        # refuses clients without a user name (no plugin answers -> not authorized).
+        plugin = "amqtt.plugins.authentication."
+        auth: dict[str, Any]
+        if password_file is None:
+            auth = {plugin + "AnonymousAuthPlugin": {"allow_anonymous": True}}
+        else:
+            auth = {plugin + "FileAuthPlugin": {"password_file": str(password_file)}}
         config: dict[str, Any] = {
             "listeners": {"default": {"type": "tcp", "bind": f"{LOOPBACK}:{port}"}},
-            # An explicit plugin map replaces amqtt's defaults (packet/event loggers and
-            # the $SYS publisher): only anonymous auth is needed here.
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-            },
+            "plugins": auth,
         }
         abort = self._abort
         stop_event = asyncio.Event()
