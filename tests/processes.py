@@ -22,7 +22,8 @@ class Process:
         self.proc = subprocess.Popen(list(args), stderr=self._log, **popen)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
