@@ -81,7 +81,6 @@ class MqttLink:
             protocol=mqtt.MQTTv311,
         )
         client.suppress_exceptions = True  # a bug in a callback must not end the loop
-        client.enable_logger(logging.getLogger("pumpgw.paho"))
         if config.mqtt.username is not None:
             client.username_pw_set(config.mqtt.username, password)
         client.will_set(self.topics.status, b"offline", qos=QOS, retain=True)

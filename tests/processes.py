@@ -64,6 +64,7 @@ def gateway_config(
     gateway_id: str = "e2e",
     extra: str = "",
     serial_extra: str = "",
+    mqtt_extra: str = "",
 ) -> Path:
     path = tmp_path / "gateway.toml"
     path.write_text(
@@ -81,6 +82,7 @@ poll_interval_s = 60
 host = "127.0.0.1"
 port = {broker_port}
 info_interval_s = 0.2
+{mqtt_extra}
 
 {extra}
 """
