@@ -31,7 +31,7 @@ from drivers.ptp import (
     StreamDecoder,
     encode,
 )
-from drivers.simulator.server import PtyTransport
+from drivers.simulator.server import PtyTransport, TcpTransport, Transport
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_S = 20.0
@@ -54,7 +54,7 @@ def start_simulator(tmp_path: Path) -> Iterator[StartSimulator]:
             stderr=stderr,
         )
         processes.append(process)
-        return process, first_line(process)
+        return process, next_line(process)
 
     yield start
     for process in processes:
@@ -69,7 +69,8 @@ def start_simulator(tmp_path: Path) -> Iterator[StartSimulator]:
             process.stdout.close()
 
 
-def first_line(process: subprocess.Popen[bytes]) -> str:
+def next_line(process: subprocess.Popen[bytes]) -> str:
+    """The next line the simulator prints (it prints one per port it opens)."""
     assert process.stdout is not None
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
@@ -110,6 +111,10 @@ def low_stat(message: object) -> bool:
 
 def poll_done(message: object) -> bool:
     return message == Ok("POLL")
+
+
+def is_stat(message: object) -> bool:
+    return isinstance(message, Stat)
 
 
 def check_programmer(open_port: Callable[[], serial.SerialBase]) -> None:
@@ -164,6 +169,129 @@ def test_sigusr1_power_cycles_the_programmer(start_simulator: StartSimulator) ->
         assert is_hello(read_until(port, decoder, is_hello)[-1])  # unprompted
         stats = [m for m in exchange(port, PollCommand(), poll_done) if isinstance(m, Stat)]
         assert [(s.seq, s.pump_id) for s in stats] == [(0, "A"), (1, "PMP-0002")]
+
+
+def fails_like_a_vanished_device(port: serial.SerialBase) -> None:
+    """Reads (draining what was already on its way) until the port raises."""
+    deadline = time.monotonic() + DEADLINE_S
+    with pytest.raises(serial.SerialException):
+        while time.monotonic() < deadline:
+            port.read(4096)
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("gave up waiting")
+        time.sleep(0.01)
+
+
+def open_pty(path: str) -> serial.SerialBase:
+    return serial.Serial(path, timeout=0.05)
+
+
+def open_url(url: str) -> serial.SerialBase:
+    return serial.serial_for_url(url, timeout=0.05)
+
+
+def unplug_and_replug(
+    process: subprocess.Popen[bytes], port_name: str, open_port: Callable[[str], serial.SerialBase]
+) -> str:
+    """Stream; SIGUSR2: the open port fails and the old one cannot be opened; SIGUSR2:
+    the port is printed again and the programmer carries on where it was (streaming,
+    seq going on, no HELLO: a cable pull is no restart). Returns the port printed."""
+    with open_port(port_name) as port:
+        assert is_hello(exchange(port, IdCommand(), is_hello)[-1])
+        before = exchange(port, StreamCommand(1), is_stat)[-1]
+        assert isinstance(before, Stat)
+        process.send_signal(signal.SIGUSR2)
+        fails_like_a_vanished_device(port)
+        with pytest.raises(serial.SerialException):
+            open_port(port_name)  # (a pty's number stays taken while this host holds it)
+    process.send_signal(signal.SIGUSR2)
+    replugged = next_line(process)
+    with open_port(replugged) as port:
+        streamed = read_until(port, StreamDecoder(role="host"), is_stat)
+        after = streamed[-1]
+        assert isinstance(after, Stat) and after.seq > before.seq
+        assert not any(isinstance(item, Hello) for item in streamed)
+        assert is_hello(exchange(port, IdCommand(), is_hello)[-1])
+    return replugged
+
+
+def test_sigusr2_unplugs_the_pty_and_replugs_it_under_a_new_path(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    process, path = start_simulator("--speed", "1000")
+    replugged = unplug_and_replug(process, path, open_pty)
+    assert replugged.startswith("/dev/") and replugged != path
+    # New each time, though the kernel would hand the number just freed out again.
+    again = unplug_and_replug(process, replugged, open_pty)
+    assert again != replugged
+    process.send_signal(signal.SIGUSR2)
+    wait_for(lambda: not os.path.exists(again))
+    process.send_signal(signal.SIGTERM)  # stopping while unplugged is a clean stop
+    assert process.wait(timeout=DEADLINE_S) == 0
+    log = (tmp_path / "simulator-0.log").read_text()
+    assert f"event=unplugged port={path}\n" in log
+    assert f"event=replugged port={replugged}\n" in log
+    assert log.count("event=unplugged") == 3 and log.count("event=replugged") == 2
+
+
+def test_sigusr2_unplugs_tcp_and_replugs_it_on_the_same_port(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    process, url = start_simulator("--speed", "1000", "--tcp", "0")
+    log_path = tmp_path / "simulator-0.log"
+    assert unplug_and_replug(process, url, open_url) == url
+    assert unplug_and_replug(process, url, open_url) == url
+    process.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "event=unplugged" in log_path.read_text().split("event=replugged")[-1])
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=DEADLINE_S) == 0
+    log = log_path.read_text()
+    assert f"event=replugged port={url}\n" in log
+    assert log.count("event=unplugged") == 3 and log.count("event=replugged") == 2
+
+
+@pytest.mark.parametrize("make", [PtyTransport, lambda: TcpTransport(0)], ids=["pty", "tcp"])
+def test_an_unplugged_transport_drops_output_and_toggles_once(
+    make: Callable[[], Transport],
+) -> None:
+    transport = make()
+    try:
+        with selectors.DefaultSelector() as selector:
+            transport.register(selector, lambda data: None)
+            before = transport.port_name
+            transport.unplug()
+            transport.unplug()
+            assert not transport.plugged and not selector.get_map()
+            transport.write(b"lost")
+            assert transport.bytes_dropped == 4
+            transport.replug()
+            transport.replug()
+            assert transport.plugged and len(selector.get_map()) == 1
+            assert (transport.port_name == before) == isinstance(transport, TcpTransport)
+    finally:
+        transport.close()
+
+
+def test_tcp_replug_onto_a_port_taken_meanwhile_fails_and_stays_unplugged() -> None:
+    transport = TcpTransport(0)
+    port = int(transport.port_name.rsplit(":", 1)[1])
+    try:
+        with selectors.DefaultSelector() as selector:
+            transport.register(selector, lambda data: None)
+            transport.unplug()
+            with socket.create_server(("127.0.0.1", port)):
+                with pytest.raises(OSError):
+                    transport.replug()
+                assert not transport.plugged and not selector.get_map()
+            transport.replug()
+            assert transport.plugged
+    finally:
+        transport.close()
 
 
 @pytest.mark.parametrize(

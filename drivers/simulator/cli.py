@@ -4,6 +4,10 @@ The first line on stdout is the gateway's ``serial.port`` (a pty path such as
 ``/dev/pts/7``, or ``socket://127.0.0.1:PORT``), flushed at once; logs go to
 stderr, one ``key=value`` line per event. A bad option exits with code 2;
 ``OneLineErrorParser`` reports it as a single line, without the usage dump.
+
+Signals: SIGUSR1 power-cycles the programmer; SIGUSR2 pulls its cable out,
+and the next SIGUSR2 plugs it back in, printing the port again as a new line
+on stdout (a pty comes back under a new path, TCP on the same port).
 """
 
 from __future__ import annotations
@@ -20,10 +24,22 @@ from typing import Any, NoReturn
 from drivers.logfmt import log_event, setup_logging
 from drivers.simulator.device import CLOCK_RANGE_TEXT, Programmer, SimulatedPump, in_clock_range
 from drivers.simulator.scenarios import SCENARIOS, Scenario
-from drivers.simulator.server import PtyTransport, TcpTransport, Transport, serve, signal_wakeups
+from drivers.simulator.server import (
+    PtyTransport,
+    TcpTransport,
+    Transport,
+    print_port,
+    serve,
+    signal_wakeups,
+)
 
 _PUMP_ID = re.compile(r"[A-Z0-9-]{1,16}")  # PTP/1 section 3, pump_id
 _SCENARIO_NAMES = ", ".join(SCENARIOS)
+SIGNALS_HELP = (
+    "signals: SIGTERM/SIGINT stop; SIGUSR1 power-cycles the programmer; SIGUSR2 pulls its"
+    " cable out, the next SIGUSR2 plugs it back in and prints the port again on stdout"
+    " (a pty under a new path, TCP on the same port)"
+)
 
 _log = logging.getLogger(__name__)
 
@@ -112,7 +128,10 @@ class _AddPump(argparse.Action):
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --pump/--scenario, --speed, --tcp, --start and --seed to ``parser``."""
+    """Add --pump/--scenario, --speed, --tcp, --start and --seed to ``parser``, and say
+    what the signals do (as its epilog, unless it has one)."""
+    if parser.epilog is None:
+        parser.epilog = SIGNALS_HELP
     pumps = parser.add_mutually_exclusive_group()
     pumps.add_argument(
         "--pump",
@@ -168,8 +187,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     try:
         with signal_wakeups() as wakeups:
-            print(transport.port_name, flush=True)
-            serve(programmer, transport, wakeups)
+            print_port(transport.port_name)
+            serve(programmer, transport, wakeups, announce=print_port)
     finally:
         transport.close()
     return 0
