@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.ptp import Flag, StreamDecoder, encode
+from drivers.ptp import Evt, Flag, PollCommand, Stat, StreamDecoder, encode
+from drivers.simulator.device import Programmer, SimulatedPump
 from drivers.simulator.physics import (
     SECONDS_PER_DAY,
     PumpModel,
@@ -18,7 +19,7 @@ from drivers.simulator.physics import (
     refill,
     to_stat,
 )
-from drivers.simulator.scenarios import SCENARIOS, PumpEvent
+from drivers.simulator.scenarios import SCENARIOS, AutoRefill, PumpEvent
 
 DAY = SECONDS_PER_DAY
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -143,8 +144,124 @@ def test_every_scenario_is_known_by_its_name() -> None:
         "link-loss",
         "noisy-line",
         "refill",
+        "refill-cycle",
+        "over-infusion",
+        "catheter-occlusion",
+        "wrong-concentration",
     }
     assert [name for name, s in SCENARIOS.items() if s.noisy_line] == ["noisy-line"]
+
+
+CYCLE = 1.75  # days from 8.0 mL down to 4.5 mL at 2.0 mL/day
+
+
+def test_refill_cycle_numbers() -> None:
+    start = at("refill-cycle", 0)
+    assert (start.capacity_ml, start.lra_ml, start.reservoir_ml) == (20.0, 2.0, 8.0)
+    assert (start.dose_mcg_day, start.conc_mcg_ml, start.battery_pct) == (1000.0, 500.0, 80.0)
+    assert start.flow_ml_day == 2.0
+    assert SCENARIOS["refill-cycle"].auto_refill == AutoRefill(at_or_below_ml=4.5, volume_ml=8.0)
+
+
+@pytest.mark.parametrize("cycle", [0, 1, 2, 57, 200])
+def test_refill_cycle_dips_below_5_ml_then_refills_to_8_ml(cycle: int) -> None:
+    begin = cycle * CYCLE
+    assert at("refill-cycle", begin).reservoir_ml == pytest.approx(8.0)
+    assert at("refill-cycle", begin + 1.5 - 1 / DAY).reservoir_ml > 5.0
+    assert at("refill-cycle", begin + 1.5 + 1 / DAY).reservoir_ml < 5.0
+    assert at("refill-cycle", begin + CYCLE - 1 / DAY).reservoir_ml == pytest.approx(4.5, abs=1e-4)
+    assert at("refill-cycle", begin + CYCLE - 1 / DAY).reservoir_ml > 4.5
+    refilled = at("refill-cycle", begin + CYCLE)
+    assert refilled.reservoir_ml == pytest.approx(8.0)
+    assert refilled.flags == Flag(0)  # never down to the 2.0 mL alarm
+    assert refilled.battery_pct == pytest.approx(80.0 - 0.01 * (begin + CYCLE))
+
+
+def test_refill_cycle_reports_one_refill_per_cycle() -> None:
+    scenario, event = SCENARIOS["refill-cycle"], PumpEvent("REFILL", 8.0)
+    assert scenario.events_between(0, CYCLE * DAY - 1) == []
+    assert scenario.events_between(0, CYCLE * DAY) == [event]
+    assert scenario.events_between(CYCLE * DAY, 2 * CYCLE * DAY - 1) == []
+    assert scenario.events_between(CYCLE * DAY, 2 * CYCLE * DAY) == [event]
+    assert scenario.events_between(0, 10 * DAY) == [event] * 5  # 1.75, 3.5, 5.25, 7, 8.75
+    assert len(scenario.events_between(0, 100 * DAY)) == 57
+
+
+@given(
+    times=st.lists(st.floats(min_value=0, max_value=60 * DAY), min_size=3, max_size=3).map(sorted)
+)
+def test_refill_cycle_events_add_up_and_match_the_reservoir(times: list[float]) -> None:
+    a, b, c = times
+    scenario = SCENARIOS["refill-cycle"]
+    whole = scenario.events_between(a, c)
+    assert scenario.events_between(a, b) + scenario.events_between(b, c) == whole
+    assert len(scenario.events_between(0, c)) == int(c // (CYCLE * DAY))
+    model = scenario.model_at("PMP-0001", c)
+    assert 4.5 < model.reservoir_ml <= 8.0 or model.reservoir_ml == pytest.approx(4.5)
+    since_refill_days = (c % (CYCLE * DAY)) / DAY
+    assert model.reservoir_ml == pytest.approx(8.0 - 2.0 * since_refill_days, abs=1e-6)
+
+
+def test_refill_cycle_event_comes_with_the_next_stat() -> None:
+    device = Programmer(
+        [SimulatedPump("PMP-0001", SCENARIOS["refill-cycle"])], start_time=T0, speed=1.0, now=0.0
+    )
+    device.power_cycle()
+
+    def poll(days: float) -> list[object]:
+        return list(StreamDecoder().feed(device.receive(encode(PollCommand()), days * DAY)))
+
+    first = [m for m in poll(1.6) if isinstance(m, Stat)]
+    assert [s.res_ml for s in first] == [4.8]
+    second = poll(1.8)
+    assert [(type(m), getattr(m, "res_ml", None)) for m in second[:2]] == [(Evt, None), (Stat, 7.9)]
+    evt = second[0]
+    assert isinstance(evt, Evt) and (evt.kind, evt.detail) == ("REFILL", 8.0)
+    assert not any(isinstance(m, Evt) for m in poll(1.9))
+    assert sum(isinstance(m, Evt) for m in poll(1.9 + 2 * CYCLE)) == 2
+
+
+def test_auto_refill_must_refill_above_its_threshold() -> None:
+    with pytest.raises(ValueError):
+        AutoRefill(at_or_below_ml=4.5, volume_ml=4.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "flow", "after_one_day"),
+    [("over-infusion", 0.75, 14.25), ("catheter-occlusion", 0.18, 14.82)],
+)
+def test_delivery_faults_drain_at_the_wrong_rate_unseen(
+    name: str, flow: float, after_one_day: float
+) -> None:
+    assert at(name, 0).flow_ml_day == pytest.approx(flow)
+    stat = to_stat(at(name, 1), 0, T0)
+    assert stat.res_ml == pytest.approx(after_one_day)
+    # The STAT still says 300 mcg/day at 500 mcg/mL, i.e. 0.6 mL/day, and no flag.
+    assert (stat.cap_ml, stat.lra_ml, stat.dose_mcg_day, stat.conc_mcg_ml) == (20, 2, 300, 500)
+    assert stat.flags == Flag(0) and stat.bat_pct == 80
+    assert SCENARIOS[name].events_between(0, 30 * DAY) == []
+
+
+def test_wrong_concentration_refill() -> None:
+    scenario = SCENARIOS["wrong-concentration"]
+    before = to_stat(at("wrong-concentration", 1 - 1 / DAY), 0, T0)
+    assert before.res_ml == pytest.approx(3.4)
+    assert (before.dose_mcg_day, before.conc_mcg_ml) == (300, 500)
+    after = to_stat(at("wrong-concentration", 1), 0, T0)
+    assert (after.res_ml, after.dose_mcg_day, after.conc_mcg_ml) == (19.5, 300, 2000)
+    assert at("wrong-concentration", 1).flow_ml_day == pytest.approx(0.15)
+    assert at("wrong-concentration", 3).reservoir_ml == pytest.approx(19.5 - 0.3)
+    assert scenario.events_between(0, DAY) == [PumpEvent("REFILL", 19.5)]
+    assert scenario.events_between(0, DAY - 1) == []
+    assert scenario.events_between(DAY, 30 * DAY) == []
+
+
+def test_refill_with_another_concentration() -> None:
+    model = refill(at("normal", 0), 10.0, conc_mcg_ml=1000.0)
+    assert (model.reservoir_ml, model.conc_mcg_ml, model.dose_mcg_day) == (10.0, 1000.0, 300.0)
+    assert refill(model, 12.0).conc_mcg_ml == 1000.0
+    with pytest.raises(ValueError):
+        refill(model, 12.0, conc_mcg_ml=0.0)
 
 
 @given(

@@ -88,11 +88,16 @@ def restore_link(model: PumpModel) -> PumpModel:
     return replace(model, conditions=model.conditions & ~Flag.NO_LINK, last_known=None)
 
 
-def refill(model: PumpModel, volume_ml: float) -> PumpModel:
-    """A clinician refills the reservoir to ``volume_ml``."""
+def refill(model: PumpModel, volume_ml: float, conc_mcg_ml: float | None = None) -> PumpModel:
+    """A clinician refills the reservoir to ``volume_ml``; with ``conc_mcg_ml``, with a drug
+    of that concentration (the pump is programmed for it, the dose stays)."""
     if not 0.0 <= volume_ml <= model.capacity_ml:
         raise ValueError(f"refill of {volume_ml} mL outside 0..{model.capacity_ml}")
-    return replace(model, reservoir_ml=volume_ml)
+    if conc_mcg_ml is None:
+        return replace(model, reservoir_ml=volume_ml)
+    if not conc_mcg_ml > 0.0:
+        raise ValueError(f"concentration must be > 0, not {conc_mcg_ml}")
+    return replace(model, reservoir_ml=volume_ml, conc_mcg_ml=conc_mcg_ml)
 
 
 def reported_flags(model: PumpModel) -> Flag:
