@@ -160,9 +160,7 @@ class ProgrammerSession:
         if self.phase is Phase.READY:
             self.phase = Phase.HANDSHAKING
             self._probing = False
-            events.append(
-                LinkDown(f"no answer to ID for {HELLO_TIMEOUT_S:g} s", reopen_port=True)
-            )
+            events.append(LinkDown(f"no answer to ID for {HELLO_TIMEOUT_S:g} s", reopen_port=True))
         # Handshake overdue: try again, backing off up to RETRY_BACKOFF_MAX_S.
         self._retry_s = min(self._retry_s * 2, RETRY_BACKOFF_MAX_S)
         self.send(IdCommand())
