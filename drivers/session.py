@@ -7,6 +7,11 @@ handshake (``ID`` -> ``HELLO``, refusing other protocol versions), the
 stream set-up (``POLL`` then ``STREAM``), re-handshakes after an unprompted
 ``HELLO``, a liveness probe when the device falls silent, and section 6's
 sequence rules (gaps counted as lost frames, duplicates and replays dropped).
+
+A ``HELLO`` cannot say whether it answers our ``ID`` or announces a restart.
+Every ``HELLO`` therefore re-arms streaming and restarts sequence tracking
+(both harmless when it was an answer); it is *reported* as a restart unless
+it repeats the known identity within 2 s of an ``ID`` we sent.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class ProgrammerSession:
         self._deadline: float | None = None  # when the awaited HELLO is overdue
         self._retry_s = HELLO_TIMEOUT_S
         self._last_heard = 0.0
+        self._id_sent_at = -HELLO_TIMEOUT_S - 1.0
         self._probing = False
 
     # --- counters and timing --------------------------------------------------
@@ -154,7 +160,7 @@ class ProgrammerSession:
             # Silent for too long: ask who is there before calling it dead.
             self._probing = True
             self._deadline = now + HELLO_TIMEOUT_S
-            self.send(IdCommand())
+            self._send_id(now)
             return []
         events: list[SessionEvent] = []
         if self.phase is Phase.READY:
@@ -163,7 +169,7 @@ class ProgrammerSession:
             events.append(LinkDown(f"no answer to ID for {HELLO_TIMEOUT_S:g} s", reopen_port=True))
         # Handshake overdue: try again, backing off up to RETRY_BACKOFF_MAX_S.
         self._retry_s = min(self._retry_s * 2, RETRY_BACKOFF_MAX_S)
-        self.send(IdCommand())
+        self._send_id(now)
         self._deadline = now + self._retry_s
         return events
 
@@ -191,10 +197,14 @@ class ProgrammerSession:
         """Queue a command for the port (see data_to_send)."""
         self._outbox += encode(command)
 
+    def _send_id(self, now: float) -> None:
+        self._id_sent_at = now
+        self.send(IdCommand())
+
     def _start_handshake(self, now: float) -> None:
         self.phase = Phase.HANDSHAKING
         self._probing = False
-        self.send(IdCommand())
+        self._send_id(now)
         self._deadline = now + HELLO_TIMEOUT_S
 
     def _on_hello(self, hello: Hello, now: float) -> list[SessionEvent]:
@@ -207,20 +217,23 @@ class ProgrammerSession:
                     f"PTP/{SUPPORTED_PROTOCOL}: refusing it"
                 )
             ]
-        if self._probing and self.phase is Phase.READY:
-            self._probing = False  # it answered the liveness probe: all is well
-            self._deadline = None
-            if hello == self.hello:
-                return []
-        restarted = self.phase is Phase.READY
+        was_ready = self.phase is Phase.READY
+        # A HELLO soon after our ID is most likely its answer (or the power-up
+        # HELLO that was waiting in the line); anything else means a restart.
+        answers_our_id = now - self._id_sent_at < HELLO_TIMEOUT_S and hello == self.hello
         self.hello = hello
         self.phase = Phase.READY
         self._deadline = None
+        self._probing = False
         self._retry_s = HELLO_TIMEOUT_S
-        self._last_seq = None  # a (re)started programmer counts seq from 0 again
+        self._last_seq = None  # spec 6: after a HELLO, seq may start again from 0
+        # Re-arm streaming after every HELLO: idempotent, and a restart whose
+        # HELLO looked like an answer still gets its STREAM back.
         self.send(PollCommand())
         self.send(StreamCommand(self.poll_interval_s))
-        return [ProgrammerRestarted(hello)] if restarted else [LinkUp(hello)]
+        if not was_ready:
+            return [LinkUp(hello)]
+        return [] if answers_our_id else [ProgrammerRestarted(hello)]
 
     def _in_sequence(self, message: Stat | Alrm | Evt) -> bool:
         seq = message.seq

@@ -65,6 +65,7 @@ def gateway_config(
     extra: str = "",
     serial_extra: str = "",
     mqtt_extra: str = "",
+    poll_interval_s: int = 60,
 ) -> Path:
     path = tmp_path / "gateway.toml"
     path.write_text(
@@ -75,7 +76,7 @@ state_dir = "{tmp_path / "state"}"
 
 [serial]
 port = "{port}"
-poll_interval_s = 60
+poll_interval_s = {poll_interval_s}
 {serial_extra}
 
 [mqtt]

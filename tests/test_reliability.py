@@ -256,3 +256,68 @@ def test_wrong_credentials_one_clear_error_then_works_once_fixed(tmp_path: Path)
             sub.client.username_pw_set("bed-12", "right")
             with sub, gateway(config):
                 sub.wait_for(lambda m: m.payload == b"online", DEADLINE_S)
+
+
+def test_broker_down_at_start_then_everything_arrives(tmp_path: Path, broker: LocalBroker) -> None:
+    port_no = broker.endpoint.port
+    with dashboard(broker) as sub:  # the dashboard's persistent session exists
+        broker.stop()
+        with simulator(tmp_path, "--speed", "100000", "--pump", "PMP-0001=low-reservoir") as (
+            _,
+            port,
+        ):
+            config = gateway_config(tmp_path, port=port, broker_port=port_no)
+            with gateway(config) as gw:
+                wait_until(
+                    lambda: "type=reservoir_low" in gw.log(), "an alert while the broker is down"
+                )
+                assert gw.proc.poll() is None
+                broker.start()
+                wait_until(lambda: "event=mqtt_connected" in gw.log(), "gateway connected")
+                assert gw.stop() == 0
+            assert_all_delivered_in_order(logged_events(gw), sub)
+
+
+def test_programmer_power_cycle_and_freeze(tmp_path: Path, broker: LocalBroker) -> None:
+    """SIGUSR1: the programmer restarts (unprompted HELLO, seq from 0).
+    SIGSTOP: the port stays open but nothing answers, as with a USB adapter
+    that never reports the unplug; the gateway probes, gives up, reopens."""
+    with (
+        Subscriber(broker.endpoint, f"{BASE}/#") as sub,
+        simulator(tmp_path, "--speed", "1000", "--pump", "PMP-0001=normal") as (sim, port),
+    ):
+        config = gateway_config(
+            tmp_path,
+            port=port,
+            broker_port=broker.endpoint.port,
+            poll_interval_s=1,
+            serial_extra="link_timeout_s = 1",
+        )
+        with gateway(config) as gw:
+            # Some frames in (seq counts them, 20 ms apart at this speed): the
+            # handshake's ID is long answered, so a HELLO now is a restart.
+            sub.wait_for(
+                lambda m: m.topic == f"{BASE}/pumps/PMP-0001/state" and m.json()["seq"] >= 150,
+                DEADLINE_S,
+            )
+            start = len(sub)
+            sim.proc.send_signal(signal.SIGUSR1)
+            sub.wait_for(
+                lambda m: m.topic == f"{BASE}/events" and m.json()["kind"] == "programmer_reset",
+                DEADLINE_S,
+                start=start,
+            )
+            # Telemetry resumes with the restarted sequence (not dropped as replays).
+            sub.wait_for(
+                lambda m: m.topic == f"{BASE}/pumps/PMP-0001/state" and m.json()["seq"] < 100,
+                DEADLINE_S,
+                start=start,
+            )
+            sim.proc.send_signal(signal.SIGSTOP)
+            try:
+                sub.wait_for(_alert_event("alert_raised", "link_lost"), DEADLINE_S)
+                wait_until(lambda: "reopen requested" in gw.log(), "the port reopened")
+            finally:
+                sim.proc.send_signal(signal.SIGCONT)
+            sub.wait_for(_alert_event("alert_cleared", "link_lost"), DEADLINE_S)
+            assert gw.proc.poll() is None

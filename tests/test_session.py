@@ -313,7 +313,9 @@ def test_answered_probe_changes_nothing() -> None:
     session.tick(limit + 1)
     assert sent(session) == [IdCommand()]
     assert feed(session, HELLO, now=limit + 1.5) == []  # same programmer: all is well
-    assert sent(session) == []  # no second POLL/STREAM
+    # Streaming is re-armed anyway (idempotent): a programmer that restarted
+    # while its HELLO was lost would otherwise stay silent.
+    assert sent(session) == [PollCommand(), StreamCommand(POLL_S)]
     assert session.phase is Phase.READY
     assert session.tick(limit + 1.5 + HELLO_TIMEOUT_S) == []  # no pending probe any more
     assert seqs(feed(session, stat(7), now=limit + 2)) == [7]
@@ -437,3 +439,13 @@ def test_counters_start_at_zero() -> None:
         counters.frames_lost,
         counters.duplicates,
     ) == (0, 0, 0, 0, 0)
+
+
+def test_power_up_hello_waiting_in_the_line_is_not_a_restart() -> None:
+    """The programmer's power-up HELLO sat in the line; our ID's answer follows."""
+    session = ProgrammerSession(POLL_S)
+    session.connection_made(0.0)
+    sent(session)
+    assert feed(session, HELLO, now=0.01) == [LinkUp(HELLO)]
+    assert feed(session, HELLO, now=0.02) == []  # the answer to our ID
+    assert session.phase is Phase.READY
