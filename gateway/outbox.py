@@ -19,7 +19,8 @@ go first; alerts and events are kept even then, and ``over_limit`` says so
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +86,7 @@ class Outbox:
         if not messages and engine_snapshot is None:
             return
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for m in messages:
                 key = m.topic if m.coalesce else None
                 if key is not None:
@@ -102,11 +102,6 @@ class Outbox:
                     "INSERT OR REPLACE INTO engine (id, snapshot) VALUES (1, ?)", (engine_snapshot,)
                 )
             self._enforce_limit()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._recount()
-            raise
 
     def pending(self, limit: int, after_id: int = 0) -> list[Stored]:
         """Up to ``limit`` stored messages with ids above ``after_id``, oldest first."""
@@ -121,12 +116,24 @@ class Outbox:
         ids = list(row_ids)
         if not ids:
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        for row_id in ids:
-            self._forget("DELETE FROM outbox WHERE id = ? RETURNING LENGTH(payload)", row_id)
-        self._db.execute("COMMIT")
+        with self._transaction():
+            for row_id in ids:
+                self._forget("DELETE FROM outbox WHERE id = ? RETURNING LENGTH(payload)", row_id)
         if self.bytes <= self.max_bytes:
             self.over_limit = False
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """All or nothing; on failure the counters are read back from the file."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # SQLITE_FULL and friends roll back by themselves
+                self._db.execute("ROLLBACK")
+            self._recount()
+            raise
 
     def _delete_coalesced(self, key: str) -> None:
         self._forget("DELETE FROM outbox WHERE coalesce_key = ? RETURNING LENGTH(payload)", key)
