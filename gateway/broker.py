@@ -86,24 +86,22 @@ def free_loopback_port() -> int:
         return port
 
 
-def find_mosquitto() -> str | None:
-    """Path of the mosquitto executable, or None when it is not installed."""
-    found = shutil.which("mosquitto")
+def _find_tool(name: str, fallback: str) -> str | None:
+    """``name`` on PATH, else at ``fallback`` (Debian puts mosquitto in /usr/sbin)."""
+    found = shutil.which(name)
     if found:
         return found
-    if os.access(MOSQUITTO_FALLBACK_PATH, os.X_OK):
-        return MOSQUITTO_FALLBACK_PATH
-    return None
+    return fallback if os.access(fallback, os.X_OK) else None
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto executable, or None when it is not installed."""
+    return _find_tool("mosquitto", MOSQUITTO_FALLBACK_PATH)
 
 
 def find_mosquitto_passwd() -> str | None:
     """Path of the mosquitto_passwd executable, or None when it is not installed."""
-    found = shutil.which("mosquitto_passwd")
-    if found:
-        return found
-    if os.access(MOSQUITTO_PASSWD_FALLBACK_PATH, os.X_OK):
-        return MOSQUITTO_PASSWD_FALLBACK_PATH
-    return None
+    return _find_tool("mosquitto_passwd", MOSQUITTO_PASSWD_FALLBACK_PATH)
 
 
 def _checked_users(users: Mapping[str, str] | None) -> dict[str, str] | None:
