@@ -42,6 +42,10 @@ from gateway.engine import (
 )
 
 T0 = datetime(2026, 11, 30, 8, 0, 0, tzinfo=UTC)
+# For the long runs at a level volume (2000 readings a minute apart): the drain
+# rate is never established, so flow_deviation (a level reservoir is a stalled
+# pump) stays out of tests about other rules. test_engine_clinical.py tests it.
+NO_MEASURED_DRAIN: dict[str, Any] = {"flow_window_h": 336, "flow_min_span_h": 335}
 PUMP = "PMP-0001"
 OTHER = "PMP-0002"
 WARNING, CRITICAL = Severity.WARNING, Severity.CRITICAL
@@ -142,6 +146,11 @@ def transitions(events: list[Event], alert_type: AlertType | None = None) -> lis
     ]
 
 
+def of_type(events: list[Event], alert_type: AlertType) -> list[Event]:
+    """The alert events of one type (other rules may speak up on the same reading)."""
+    return [e for e in events if e.alert is not None and e.alert.type is alert_type]
+
+
 def fingerprint(state: EngineState) -> Any:
     """Everything in an engine state, as plain comparable values."""
     return (
@@ -182,10 +191,11 @@ def test_reservoir_low_thresholds(res: float, expected: Severity | None) -> None
     bench = Bench()
     out = bench.read(res=res)
     assert bench.severity(AlertType.RESERVOIR_LOW) is expected
+    # (a low volume also brings the refill forward: refill_due has its own tests)
     if expected is None:
-        assert out.events == []
+        assert of_type(out.events, AlertType.RESERVOIR_LOW) == []
     else:
-        (event,) = out.events
+        (event,) = of_type(out.events, AlertType.RESERVOIR_LOW)
         assert event.kind is EventKind.ALERT_RAISED
         assert event.alert is not None
         assert event.alert.state is AlertState.ACTIVE
@@ -229,7 +239,8 @@ def test_healthy_reading_raises_nothing() -> None:
 
 VALUE_RULES = [
     # alert type, stat keyword, warning value, critical value, healthy value
-    pytest.param(AlertType.RESERVOIR_LOW, "res", 4.0, 1.5, 12.4, id="reservoir"),
+    # (2.4 -> 1.5 -> 2.4: a reservoir rising by more than 1 mL would be a refill)
+    pytest.param(AlertType.RESERVOIR_LOW, "res", 2.4, 1.5, 12.4, id="reservoir"),
     pytest.param(AlertType.BATTERY_LOW, "bat", 20, 5, 81, id="battery"),
 ]
 
@@ -243,7 +254,7 @@ def test_escalation_keeps_alert_id(
     raised = bench.alert(alert_type)
     assert raised is not None
     out = bench.read_value(key, crit)
-    (event,) = out.events
+    (event,) = of_type(out.events, alert_type)
     assert event.kind is EventKind.ALERT_ESCALATED
     assert event.alert is not None
     assert event.alert.alert_id == raised.alert_id
@@ -265,10 +276,10 @@ def test_severity_never_drops_within_an_episode(
     assert bench.severity(alert_type) is CRITICAL
     bench.read_value(key, warn)
     bench.read_value(key, crit)  # worse again: already critical, nothing new
-    assert transitions(bench.events) == ["alert_raised"]
+    assert transitions(bench.events, alert_type) == ["alert_raised"]
     bench.read_value(key, healthy)
-    assert transitions(bench.events) == ["alert_raised", "alert_cleared"]
-    cleared = bench.events[-1].alert
+    assert transitions(bench.events, alert_type) == ["alert_raised", "alert_cleared"]
+    cleared = of_type(bench.events, alert_type)[-1].alert
     assert cleared is not None
     assert cleared.alert_id == alert_id
     assert cleared.state is AlertState.CLEARED
@@ -276,32 +287,43 @@ def test_severity_never_drops_within_an_episode(
     assert bench.alert(alert_type) is None
 
 
+# The reservoir climbs ``via`` readings at most 1 mL apart and all inside the
+# hysteresis band: a rise of more than 1 mL is a refill, which ends the episode
+# without hysteresis (see test_engine_clinical.py).
+CLIMB_FROM_4 = (4.9,)
+CLIMB_FROM_1 = (1.9, 2.8, 3.7, 4.6)
+
+
 @pytest.mark.parametrize(
-    ("key", "raise_at", "value", "clears"),
+    ("key", "raise_at", "via", "value", "clears"),
     [
         # reservoir: warning 5.0 + hysteresis 0.5 -> clears only above 5.5
-        ("res", 4.0, 5.01, False),
-        ("res", 4.0, 5.4, False),
-        ("res", 4.0, 5.5, False),  # exactly threshold + margin still holds
-        ("res", 4.0, 5.51, True),
-        ("res", 4.0, 6.0, True),
-        ("res", 1.0, 5.5, False),  # from critical the same margin applies
-        ("res", 1.0, 5.51, True),
+        ("res", 4.0, CLIMB_FROM_4, 5.01, False),
+        ("res", 4.0, CLIMB_FROM_4, 5.4, False),
+        ("res", 4.0, CLIMB_FROM_4, 5.5, False),  # exactly threshold + margin still holds
+        ("res", 4.0, CLIMB_FROM_4, 5.51, True),
+        ("res", 4.0, (*CLIMB_FROM_4, 5.5), 6.0, True),
+        ("res", 1.0, CLIMB_FROM_1, 5.5, False),  # from critical the same margin applies
+        ("res", 1.0, CLIMB_FROM_1, 5.51, True),
         # battery: warning 25 + hysteresis 3 -> clears only at 29 or more
-        ("bat", 20, 26, False),
-        ("bat", 20, 28, False),
-        ("bat", 20, 29, True),
-        ("bat", 5, 28, False),
-        ("bat", 5, 29, True),
+        ("bat", 20, (), 26, False),
+        ("bat", 20, (), 28, False),
+        ("bat", 20, (), 29, True),
+        ("bat", 5, (), 28, False),
+        ("bat", 5, (), 29, True),
     ],
 )
 def test_clearing_needs_the_hysteresis_margin(
-    key: str, raise_at: float, value: float, clears: bool
+    key: str, raise_at: float, via: tuple[float, ...], value: float, clears: bool
 ) -> None:
+    alert_type = AlertType.RESERVOIR_LOW if key == "res" else AlertType.BATTERY_LOW
     bench = Bench()
     bench.read_value(key, raise_at)
+    for between in via:
+        assert of_type(bench.read_value(key, between).events, alert_type) == []
     out = bench.read_value(key, value)
-    assert transitions(out.events) == (["alert_cleared"] if clears else [])
+    assert transitions(out.events, alert_type) == (["alert_cleared"] if clears else [])
+    assert (bench.alert(alert_type) is None) is clears
 
 
 @pytest.mark.parametrize(
@@ -314,18 +336,20 @@ def test_clearing_needs_the_hysteresis_margin(
     ],
 )
 def test_wobbling_value_does_not_flap(key: str, low: float, high: float) -> None:
-    bench = Bench()
+    alert_type = AlertType.RESERVOIR_LOW if key == "res" else AlertType.BATTERY_LOW
+    bench = Bench(make_config(NO_MEASURED_DRAIN))
     for i in range(2000):
         bench.read_value(key, low if i % 2 == 0 else high)
-    assert transitions(bench.events) == ["alert_raised"]
+    assert transitions(bench.events, alert_type) == ["alert_raised"]
 
 
 def test_wobble_around_the_clearing_point_clears_once() -> None:
-    bench = Bench()
+    bench = Bench(make_config(NO_MEASURED_DRAIN))
     bench.read(res=4.0)
+    bench.read(res=4.9)  # no jump of more than 1 mL: that would be a refill
     for i in range(2000):
         bench.read(res=5.45 if i % 2 == 0 else 5.6)  # 5.6 clears, 5.45 does not re-raise
-    assert transitions(bench.events) == ["alert_raised", "alert_cleared"]
+    assert transitions(bench.events, AlertType.RESERVOIR_LOW) == ["alert_raised", "alert_cleared"]
 
 
 def test_noisy_drain_through_both_thresholds_gives_one_episode() -> None:
@@ -337,8 +361,12 @@ def test_noisy_drain_through_both_thresholds_gives_one_episode() -> None:
         bench.read(res=round(max(0.0, res + rng.uniform(-0.2, 0.2)), 2))
     for _ in range(200):  # refilled, still noisy
         bench.read(res=round(19.0 + rng.uniform(-0.2, 0.2), 2))
-    assert transitions(bench.events) == ["alert_raised", "alert_escalated", "alert_cleared"]
-    ids = {e.alert.alert_id for e in bench.events if e.alert is not None}
+    assert transitions(bench.events, AlertType.RESERVOIR_LOW) == [
+        "alert_raised",
+        "alert_escalated",
+        "alert_cleared",
+    ]
+    ids = {e.alert.alert_id for e in of_type(bench.events, AlertType.RESERVOIR_LOW) if e.alert}
     assert len(ids) == 1
 
 
@@ -354,8 +382,13 @@ def test_new_episode_after_a_clear_gets_a_new_alert_id() -> None:
     assert second.alert_id != first.alert_id
     assert second.raised_at == bench.now
     assert second.state is AlertState.ACTIVE
-    assert transitions(bench.events) == ["alert_raised", "alert_cleared", "alert_raised"]
-    assert bench.events[1].alert.alert_id == first.alert_id  # type: ignore[union-attr]
+    assert transitions(bench.events, AlertType.RESERVOIR_LOW) == [
+        "alert_raised",
+        "alert_cleared",
+        "alert_raised",
+    ]
+    cleared = of_type(bench.events, AlertType.RESERVOIR_LOW)[1]
+    assert cleared.alert.alert_id == first.alert_id  # type: ignore[union-attr]
 
 
 # --- unknown values --------------------------------------------------------------
@@ -395,10 +428,11 @@ def test_unknown_values_never_raise(unknown: dict[str, Any]) -> None:
 @pytest.mark.parametrize("unknown", UNKNOWN_READINGS)
 def test_unknown_values_never_clear(unknown: dict[str, Any]) -> None:
     bench = Bench()
-    bench.read(res=1.0, bat=5, flags=Flag.MOTOR_STALL)
+    bench.read(res=5.0, bat=5, flags=Flag.MOTOR_STALL)
     before = {t: bench.alert(t) for t in AlertType}
     # whatever is still known says "healthy"; the unknown part could still hold the alert
-    healthy: dict[str, Any] = {"res": 12.4, "bat": 81, "flags": NO_FLAGS, **unknown}
+    # (5.9 mL is past the hysteresis band, and no refill: that would end the episode)
+    healthy: dict[str, Any] = {"res": 5.9, "bat": 81, "flags": NO_FLAGS, **unknown}
     out = bench.read(**healthy)
     for alert_type in (AlertType.RESERVOIR_LOW, AlertType.BATTERY_LOW):
         key = "res" if alert_type is AlertType.RESERVOIR_LOW else "bat"
@@ -488,22 +522,26 @@ def test_no_link_freezes_the_value_rules() -> None:
     bench = Bench()
     bench.read(res=4.0, bat=20, flags=Flag.MOTOR_STALL)
     held = {t: bench.alert(t) for t in AlertType}
+    value_rules = (
+        AlertType.RESERVOIR_LOW,
+        AlertType.REFILL_DUE,
+        AlertType.BATTERY_LOW,
+        AlertType.PUMP_FAULT,
+    )
+    assert all(held[t] is not None for t in value_rules)
     # last-known values that would clear (or escalate) everything: all ignored
     for res, bat in ((12.4, 81), (1.0, 5)):
         out = bench.read(res=res, bat=bat, flags=Flag.NO_LINK)
-        for alert_type in (AlertType.RESERVOIR_LOW, AlertType.BATTERY_LOW, AlertType.PUMP_FAULT):
+        for alert_type in value_rules:
             assert bench.alert(alert_type) == held[alert_type]
         assert out.pump_states[0].stale is True
+        assert all(e.alert is not None for e in out.events)  # no refill seen in old values
     assert bench.severity(AlertType.TELEMETRY_LOST) is CRITICAL
-    out = bench.read(res=12.4, bat=81, flags=NO_FLAGS)  # the pump is back
+    out = bench.read(res=12.4, bat=81, flags=NO_FLAGS)  # the pump is back, refilled
     cleared = {e.alert.type for e in out.events if e.alert}
-    assert cleared == {
-        AlertType.RESERVOIR_LOW,
-        AlertType.BATTERY_LOW,
-        AlertType.PUMP_FAULT,
-        AlertType.TELEMETRY_LOST,
-    }
-    assert all(e.kind is EventKind.ALERT_CLEARED for e in out.events)
+    assert cleared == {*value_rules, AlertType.TELEMETRY_LOST}
+    assert all(e.kind is EventKind.ALERT_CLEARED for e in out.events if e.alert)
+    assert [e.kind for e in out.events if e.alert is None] == [EventKind.REFILL]
     assert out.pump_states[0].stale is False
 
 
@@ -699,6 +737,7 @@ def test_per_pump_threshold_overrides() -> None:
     assert bench.alert(AlertType.RESERVOIR_LOW, OTHER).threshold == 8.0  # type: ignore[union-attr]
     assert bench.severity(AlertType.BATTERY_LOW, OTHER) is CRITICAL
     # hysteresis is relative to the pump's own threshold
+    bench.read(pump=OTHER, res=7.9)  # (climbing by at most 1 mL: no refill)
     bench.read(pump=OTHER, res=8.5)
     assert bench.severity(AlertType.RESERVOIR_LOW, OTHER) is WARNING
     bench.read(pump=OTHER, res=8.51)
@@ -879,7 +918,9 @@ def test_severities_only_rise_within_each_episode_under_random_input() -> None:
     worst: dict[str, int] = {}
     for event in bench.events:
         alert = event.alert
-        assert alert is not None
+        if alert is None:
+            assert event.kind is EventKind.REFILL  # random volumes jump up: refills
+            continue
         rank = alert.severity.rank
         assert rank >= worst.get(alert.alert_id, 0)
         worst[alert.alert_id] = rank
@@ -893,8 +934,22 @@ def test_severities_only_rise_within_each_episode_under_random_input() -> None:
 @pytest.mark.parametrize(
     ("kind", "detail", "event_kind", "expected_detail"),
     [
-        ("REFILL", 20.0, EventKind.REFILL, {"volume_ml": 20.0}),
-        ("PROG", 350.0, EventKind.PROGRAM_CHANGE, {"dose_mcg_per_day": 350.0}),
+        (
+            "REFILL",
+            20.0,
+            EventKind.REFILL,
+            {"before_ml": 12.4, "after_ml": 20.0, "source": "EVT"},
+        ),
+        (
+            "PROG",
+            350.0,
+            EventKind.PROGRAM_CHANGE,
+            {
+                "old": {"dose_mcg_per_day": 300.0, "concentration_mcg_per_ml": 500.0},
+                "new": {"dose_mcg_per_day": 350.0, "concentration_mcg_per_ml": 500.0},
+                "source": "EVT",
+            },
+        ),
         ("RESET", None, EventKind.PROGRAMMER_RESET, {}),
     ],
 )
@@ -902,6 +957,7 @@ def test_pump_events_become_events(
     kind: str, detail: float | None, event_kind: EventKind, expected_detail: dict[str, Any]
 ) -> None:
     bench = Bench()
+    bench.read()  # the volume and program before the event: 12.4 mL, 300 mcg/day at 500
     out = bench.feed(PumpEventReceived(Evt(5, PUMP, T0, kind, detail)))
     (event,) = out.events
     assert event.kind is event_kind
@@ -1108,7 +1164,9 @@ def test_alert_and_event_payloads_have_the_contract_fields() -> None:
 
 def test_ninety_days_every_ten_minutes() -> None:
     """Drain, a telemetry outage, a bad frame, a refill, a slowly dying battery."""
-    bench = Bench(make_config(pumps={PUMP: {"label": "Bed 12"}}), link_up=False)
+    # (reminders off: they have their own tests in test_engine_clinical.py)
+    quiet = {"renotify_critical_s": 0, "renotify_warning_s": 0}
+    bench = Bench(make_config(pumps={PUMP: {"label": "Bed 12", **quiet}}), link_up=False)
     bench.feed(LinkChanged(True, "HELLO"))
     slot = timedelta(minutes=10)
     per_day = 144
@@ -1144,15 +1202,27 @@ def test_ninety_days_every_ten_minutes() -> None:
         ("alert_raised", "telemetry_lost", "critical"),
         ("alert_cleared", "telemetry_lost", "critical"),
         ("alert_raised", "reservoir_low", "warning"),
+        ("alert_raised", "refill_due", "warning"),
+        ("alert_escalated", "refill_due", "critical"),
         ("alert_escalated", "reservoir_low", "critical"),
         ("refill", None, None),
         ("alert_cleared", "reservoir_low", "critical"),
+        ("alert_cleared", "refill_due", "critical"),
         ("alert_raised", "battery_low", "warning"),
     ]
-    # reservoir warning around day 43, critical around day 53, battery around day 75
+    # reservoir warning around day 43, critical around day 53, battery around day 75;
+    # at 0.3 mL/day the 2 mL alarm is 7 days away at 4.1 mL (day 46), 2 days at 2.6 (day 51)
     by_kind = {(e.kind.value, e.alert.type.value if e.alert else None): e for e in bench.events}
     assert 43 <= (by_kind[("alert_raised", "reservoir_low")].at - T0).days <= 44
     assert 53 <= (by_kind[("alert_escalated", "reservoir_low")].at - T0).days <= 54
+    assert (by_kind[("alert_raised", "refill_due")].at - T0).days == 46
+    assert (by_kind[("alert_escalated", "refill_due")].at - T0).days == 51
+    refill = by_kind[("refill", None)]
+    assert refill.detail is not None
+    assert (refill.detail["after_ml"], refill.detail["source"]) == (20.0, "EVT")
+    last = bench.state.pumps[PUMP].last_state
+    assert last is not None
+    assert last.drain_ml_per_day == pytest.approx(0.3, abs=0.01)  # the drain, measured
     assert 65 <= (by_kind[("alert_raised", "battery_low")].at - T0).days <= 80
     reservoir_ids = {
         e.alert.alert_id for e in bench.events if e.alert and e.alert.type.value == "reservoir_low"
@@ -1170,11 +1240,13 @@ def test_ninety_days_every_ten_minutes() -> None:
 def test_event_ids_unique_across_a_long_run() -> None:
     bench = Bench(link_up=False)
     for i in range(5000):
-        bench.read(res=4.0 if i % 2 else 12.0)  # an episode every two readings
+        # an episode every two readings (reservoir_low and refill_due); 4 -> 12 mL is a refill
+        bench.read(res=4.0 if i % 2 else 12.0)
         bench.feed(LinkChanged(i % 2 == 0, "flip"))
-    assert len(bench.events) == 5000 + 2500 + 2499
+    assert len(bench.events) == 5000 + 2 * 2500 + 2 * 2499 + 2499
+    assert sum(e.kind is EventKind.REFILL for e in bench.events) == 2499
     ids = [e.event_id for e in bench.events]
     assert len(set(ids)) == len(ids)
     alert_ids = [e.alert.alert_id for e in bench.events if e.kind is EventKind.ALERT_RAISED]  # type: ignore[union-attr]
-    assert len(set(alert_ids)) == len(alert_ids) == 2500
+    assert len(set(alert_ids)) == len(alert_ids) == 2 * 2500
     assert not set(ids) & set(alert_ids)
