@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.daemon import Daemon
 
     try:
-        daemon = Daemon(config, password)
+        daemon = Daemon(config, password, config_path=args.config)
     except (OSError, sqlite3.Error) as exc:
         state_dir = config.gateway.state_dir
         print(

@@ -72,6 +72,22 @@ class _ThresholdFields(_Section):
     battery_hysteresis_pct: float = Field(default=3, ge=0, le=100)
     telemetry_timeout_s: float = Field(default=180, gt=0, le=86400)
     data_invalid_clear_readings: int = Field(default=3, ge=1, le=1000)
+    # refill_due: projected days until the pump's own low-reservoir alarm
+    refill_warning_days: float = Field(default=7.0, ge=0, le=365)
+    refill_critical_days: float = Field(default=2.0, ge=0, le=365)
+    refill_hysteresis_days: float = Field(default=0.5, ge=0, le=365)
+    # flow_deviation: measured drain rate against the programmed flow
+    flow_deviation_pct: float = Field(default=15.0, gt=0, le=1000)
+    flow_hysteresis_pct: float = Field(default=5.0, ge=0, le=1000)
+    flow_window_h: float = Field(default=24.0, gt=0, le=24 * 14)
+    flow_min_span_h: float = Field(default=12.0, gt=0, le=24 * 14)
+    # dose_out_of_range
+    dose_min_mcg: float = Field(default=22.0, ge=0, le=100_000)
+    dose_max_mcg: float = Field(default=1400.0, gt=0, le=100_000)
+    allowed_concentrations: list[float] | None = Field(default=None, min_length=1)
+    # alert_reminder for active, unacknowledged alerts (0 disables)
+    renotify_critical_s: float = Field(default=900, ge=0, le=7 * 86400)
+    renotify_warning_s: float = Field(default=14400, ge=0, le=7 * 86400)
 
 
 class Thresholds(_ThresholdFields):
@@ -126,22 +142,26 @@ class ConfigError(Exception):
         return "\n".join(f"{self.source}: {p.key}: {p.message}" for p in self.problems)
 
 
+# (lower, upper): the first must stay strictly below the second
+_ORDERED = (
+    ("reservoir_critical_ml", "reservoir_warning_ml"),
+    ("battery_critical_pct", "battery_warning_pct"),
+    ("refill_critical_days", "refill_warning_days"),
+    ("dose_min_mcg", "dose_max_mcg"),
+    ("flow_hysteresis_pct", "flow_deviation_pct"),
+    ("flow_min_span_h", "flow_window_h"),
+)
+
+
 def _order_problems(scope: str, t: _ThresholdFields, only: set[str] | None = None) -> list[Problem]:
-    """Critical below warning; ``only``: check just the pairs these keys touch."""
+    """Lower below upper; ``only``: check just the pairs these keys touch."""
     out = []
-    for kind, unit in (("reservoir", "ml"), ("battery", "pct")):
-        keys = {f"{kind}_critical_{unit}", f"{kind}_warning_{unit}"}
-        if only is not None and not keys & only:
+    for lower, upper in _ORDERED:
+        if only is not None and not {lower, upper} & only:
             continue
-        crit = getattr(t, f"{kind}_critical_{unit}")
-        warn = getattr(t, f"{kind}_warning_{unit}")
-        if crit >= warn:
-            out.append(
-                Problem(
-                    f"{scope}{kind}_critical_{unit}",
-                    f"must be below {kind}_warning_{unit} ({crit:g} >= {warn:g})",
-                )
-            )
+        low, high = getattr(t, lower), getattr(t, upper)
+        if low >= high:
+            out.append(Problem(f"{scope}{lower}", f"must be below {upper} ({low:g} >= {high:g})"))
     return out
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from types import FrameType
 
 from drivers import session as ses
@@ -24,7 +25,7 @@ from drivers.ptp import Alrm, Evt, PollCommand, ProtocolError, Stat
 from drivers.serial_link import BytesRead, PortClosed, PortEvent, PortOpened, SerialLink
 from gateway import engine
 from gateway.commands import parse_ack
-from gateway.config import Config
+from gateway.config import Config, ConfigError, load_config
 from gateway.contract import (
     BrokerStatus,
     CommandResult,
@@ -70,7 +71,13 @@ class StopRequested:
     why: str
 
 
-DaemonInput = PortEvent | BrokerEvent | StopRequested
+@dataclass(frozen=True, slots=True)
+class ReloadRequested:
+    """SIGHUP: read the configuration file again."""
+
+
+DaemonInput = PortEvent | BrokerEvent | StopRequested | ReloadRequested
+LIVE_SECTIONS = ("thresholds", "pumps")  # what a reload changes; the rest needs a restart
 
 
 class Daemon:
@@ -78,10 +85,12 @@ class Daemon:
         self,
         config: Config,
         password: str | None,
+        config_path: Path | None = None,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self.clock = clock
         self.monotonic = monotonic
         # SimpleQueue.put is reentrant: safe from the signal handler even when the
@@ -132,6 +141,7 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.inbox.put(ReloadRequested()))
 
     def run(self) -> int:
         cfg = self.config
@@ -243,6 +253,31 @@ class Daemon:
                 pass  # paho reconnects by itself; the log line is written there
             case CommandReceived(topic=topic, payload=payload):
                 self._command(topic, payload)
+            case ReloadRequested():
+                self._reload()
+
+    def _reload(self) -> None:
+        """New thresholds and pumps take effect at once; a bad file changes nothing."""
+        if self.config_path is None:
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log_event(
+                log, "config_reload_rejected", logging.ERROR, problems=exc.render(), kept="old"
+            )
+            return
+        frozen = [
+            name
+            for name in type(new).model_fields
+            if name not in LIVE_SECTIONS and getattr(new, name) != getattr(self.config, name)
+        ]
+        if frozen:
+            log_event(
+                log, "config_reload_needs_restart", logging.WARNING, sections=",".join(frozen)
+            )
+        self.config = self.config.model_copy(update={k: getattr(new, k) for k in LIVE_SECTIONS})
+        log_event(log, "config_reloaded", path=self.config_path, pumps=len(self.config.pumps))
 
     def _session_events(self, events: list[ses.SessionEvent]) -> None:
         for event in events:

@@ -1,7 +1,7 @@
 """``pumpgw demo``: a broker, a simulated programmer and the gateway, watched live.
 
 Starts a local MQTT broker (mosquitto when installed, else the embedded
-amqtt broker), the simulated programmer on a pseudo-terminal with four pumps
+amqtt broker), the simulated programmer on a pseudo-terminal with five pumps
 in different scenarios at high speed, and ``pumpgw run`` against both, then
 shows pump state and alerts from the broker until Ctrl-C (or ``--duration``).
 Everything it started is stopped on the way out.
@@ -32,6 +32,7 @@ DEMO_PUMPS = {
     "PMP-0002": ("battery-eri-eos", "Bed 2"),
     "PMP-0003": ("motor-stall", "Bed 3"),
     "PMP-0004": ("normal", "Bed 4"),
+    "PMP-0005": ("over-infusion", "Bed 5"),
 }
 RED, YELLOW, GREEN, DIM, BOLD, RESET = (
     "\033[31m",

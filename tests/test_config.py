@@ -90,6 +90,18 @@ def test_defaults() -> None:
         "battery_hysteresis_pct": 3,
         "telemetry_timeout_s": 180,
         "data_invalid_clear_readings": 3,
+        "refill_warning_days": 7.0,
+        "refill_critical_days": 2.0,
+        "refill_hysteresis_days": 0.5,
+        "flow_deviation_pct": 15.0,
+        "flow_hysteresis_pct": 5.0,
+        "flow_window_h": 24.0,
+        "flow_min_span_h": 12.0,
+        "dose_min_mcg": 22.0,
+        "dose_max_mcg": 1400.0,
+        "allowed_concentrations": None,
+        "renotify_critical_s": 900,
+        "renotify_warning_s": 14400,
     }
     assert config.pumps == {}
 

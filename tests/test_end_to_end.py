@@ -268,3 +268,36 @@ def test_sigint_stops_cleanly(tmp_path: Path, mosquitto: BrokerEndpoint) -> None
                 lambda m: m.topic == f"{BASE}/events" and m.json()["kind"] == "gateway_stopping"
             )
             assert stopping.json()["pump_id"] is None
+
+
+def test_sighup_reloads_thresholds_and_labels_and_keeps_old_on_error(
+    tmp_path: Path, mosquitto: BrokerEndpoint
+) -> None:
+    with simulator(tmp_path, "--pump", "PMP-0001=normal", "--speed", "1000") as (_, port):
+        config = gateway_config(
+            tmp_path,
+            port=port,
+            broker_port=mosquitto.port,
+            extra='[pumps."PMP-0001"]\nlabel = "A"\n',
+        )
+        state_topic = f"{BASE}/pumps/PMP-0001/state"
+        with Subscriber(mosquitto, f"{BASE}/#") as sub, gateway(config) as gw:
+            sub.wait_for(lambda m: m.topic == state_topic and m.json()["label"] == "A", DEADLINE_S)
+            # Raise the warning above the normal pump's 15 mL: a reservoir_low appears.
+            text = config.read_text().replace(
+                'label = "A"', 'label = "B"\nreservoir_warning_ml = 16.0'
+            )
+            config.write_text(text)
+            gw.proc.send_signal(signal.SIGHUP)
+            sub.wait_for(lambda m: m.topic == state_topic and m.json()["label"] == "B", DEADLINE_S)
+            sub.wait_for(alert_event("alert_raised", "PMP-0001", "reservoir_low"), DEADLINE_S)
+            # A broken file is refused with a clear line; the old settings stay.
+            config.write_text(text + "\n[thresholds]\nreservoir_warning_ml = 'lots'\n")
+            gw.proc.send_signal(signal.SIGHUP)
+            start = len(sub)
+            sub.wait_for(lambda m: m.topic == state_topic, DEADLINE_S, start=start)
+            assert "event=config_reload_rejected" in gw.log()
+            assert "thresholds.reservoir_warning_ml" in gw.log()
+            later = sub.wait_for(lambda m: m.topic == state_topic, DEADLINE_S, start=len(sub))
+            assert later.json()["label"] == "B"
+            assert gw.proc.poll() is None

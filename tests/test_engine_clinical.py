@@ -925,7 +925,7 @@ def test_per_pump_short_window_raises_sooner() -> None:
     bench.read(15.0)
     drain(bench, 0.3, 1.5)
     assert of_type(bench.events, FLOW) == []
-    drain(bench, 0.3, 1)  # (exactly at 2 h: see the xfail test at the end)
+    drain(bench, 0.3, 1)  # (exactly at 2 h: see the test at the end)
     (event,) = of_type(bench.events, FLOW)
     assert event.alert.value == -50.0  # type: ignore[union-attr]
 
@@ -959,17 +959,9 @@ def test_per_pump_reminder_intervals() -> None:
     ]
 
 
-# --- bugs found: strict xfail until the engine is fixed ----------------------------
+# --- bugs the tests found (fixed) -------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG: a level reservoir (stalled pump, occluded catheter) gives a measured "
-    "drain rate of float noise: 12 h of 12.4 mL every 5 min -> +3.5e-13 mL/day "
-    "(drain.py rate_ml_per_day); projection.py:33 takes any rate > 0 and line 38, "
-    "time + timedelta(days=3e13), raises OverflowError out of step()",
-)
 def test_level_reservoir_does_not_crash_the_engine() -> None:
     bench = Bench()
     bench.read(12.4)
@@ -979,40 +971,20 @@ def test_level_reservoir_does_not_crash_the_engine() -> None:
     assert bench.severity(FLOW) is WARNING  # 100% slower: what the rule is for
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG: a valid STAT with a tiny programmed flow (dose 0.0001 mcg/day at "
-    "3000 mcg/mL, accepted by the PTP grammar: dose > 0) projects the alarm ~3e8 days "
-    "ahead; projection.py:38 adds that to the STAT time and step() raises OverflowError",
-)
 def test_tiny_programmed_flow_does_not_crash_the_engine() -> None:
     bench = Bench()
     bench.read(12.4, dose=0.0001, conc=3000.0)
     assert bench.severity(DOSE) is WARNING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: EVT REFILL re-evaluates reservoir_low on the new volume but with the "
-    "flags of the STAT before the refill (core.py pump_event: replace(track.last_stat, "
-    "res_ml=..., time=...)); a LOW_RES flag that was sounding when the nurse refilled "
-    "keeps reservoir_low active until the next STAT",
-)
 def test_evt_refill_clears_reservoir_low_despite_the_old_low_res_flag() -> None:
     bench = Bench()
     bench.read(1.8, flags=Flag.LOW_RES)  # the pump's own alarm sounds: time to refill
     out = bench.evt("REFILL", 19.8, after=timedelta(seconds=5))
-    assert transitions(out.events, REFILL_DUE) == ["alert_cleared"]  # this part works
+    assert transitions(out.events, REFILL_DUE) == ["alert_cleared"]
     assert transitions(out.events, AlertType.RESERVOIR_LOW) == ["alert_cleared"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: EVT REFILL with an empty detail (allowed by the grammar) gives a refill "
-    "event but leaves last_reservoir_ml at the old volume (core.py pump_event), so the "
-    "next STAT's jump gives a second refill event (source volume_jump) for one refill",
-)
 def test_evt_refill_without_a_volume_then_the_stat_is_one_refill() -> None:
     bench = Bench()
     bench.read(3.0)
@@ -1021,28 +993,26 @@ def test_evt_refill_without_a_volume_then_the_stat_is_one_refill() -> None:
     assert len(of_kind(bench.events, EventKind.REFILL)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (arguable): EVT PROG is a program change, but core.py _program_change "
-    "emits only when the old dose was known, so an EVT PROG before the pump's first "
-    "STAT is dropped; the STAT then shows the new dose as no change: never reported",
-)
 def test_evt_prog_before_the_first_stat_is_reported() -> None:
     bench = Bench()
     bench.evt("PROG", 350.0)
     bench.read(dose=350.0)
     (event,) = of_kind(bench.events, EventKind.PROGRAM_CHANGE)
-    assert detail(event)["new"] == PROGRAM_350
+    # The concentration was not known yet when the EVT came: null, not a guess.
+    assert detail(event)["new"] == {**PROGRAM_350, "concentration_mcg_per_ml": None}
+    assert detail(event)["old"] == {"dose_mcg_per_day": None, "concentration_mcg_per_ml": None}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (boundary): drain.py keeps reading times as absolute days "
-    "(timestamp / 86400, ~20787.3), so 2 h of readings from 08:01 measure "
-    "0.0833333333321 days < 2/24 and the rate is established one reading late",
-)
 def test_rate_is_established_at_exactly_flow_min_span_h() -> None:
     bench = Bench(make_config(pumps={PUMP: {"flow_min_span_h": 2, "flow_window_h": 4}}))
     bench.read(15.0)  # 08:01
     out = drain(bench, 0.3, 2)  # 08:31 ... 10:01
     assert out.pump_states[0].drain_ml_per_day == 0.3
+
+
+def test_stat_showing_the_refill_before_its_evt_is_one_refill() -> None:
+    bench = Bench()
+    bench.read(3.0)
+    bench.read(19.8)  # the jump: reported
+    bench.evt("REFILL", 19.8, after=timedelta(seconds=5))  # the late EVT: not again
+    assert len(of_kind(bench.events, EventKind.REFILL)) == 1

@@ -10,13 +10,13 @@ hysteresis margin, and the next episode gets a new ``alert_id``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from drivers.ptp import Stat
-from gateway.config import Config
+from drivers.ptp import Evt, Flag, Stat
+from gateway.config import Config, Thresholds
 from gateway.contract import (
     GATEWAY_PUMP,
     Alert,
@@ -30,8 +30,9 @@ from gateway.contract import (
     format_utc,
 )
 from gateway.engine import rules
+from gateway.engine.drain import SECONDS_PER_DAY, DrainWindow
 from gateway.engine.ids import make_id
-from gateway.engine.projection import project_state
+from gateway.engine.projection import project, pump_state
 from gateway.engine.rules import Finding
 from gateway.engine.state import (
     Acknowledge,
@@ -41,6 +42,7 @@ from gateway.engine.state import (
     Lifecycle,
     LinkChanged,
     Outcome,
+    Program,
     ProgrammerRestarted,
     PumpEventReceived,
     PumpTrack,
@@ -48,11 +50,8 @@ from gateway.engine.state import (
     Tick,
 )
 
-_EVT_KINDS = {
-    "REFILL": (EventKind.REFILL, "volume_ml"),
-    "PROG": (EventKind.PROGRAM_CHANGE, "dose_mcg_per_day"),
-    "RESET": (EventKind.PROGRAMMER_RESET, None),
-}
+REFILL_JUMP_ML = 1.0  # a rise of more than this between readings is a refill
+_RESERVOIR_FLAGS = Flag.LOW_RES | Flag.EMPTY
 
 
 def initial_state(config: Config, now: datetime) -> EngineState:
@@ -81,11 +80,7 @@ def step(state: EngineState, event: EngineInput, now: datetime, config: Config) 
         case InvalidData(pump_id=pump_id, reason=reason):
             run.invalid_data(pump_id, reason)
         case PumpEventReceived(evt=evt):
-            kind, key = _EVT_KINDS[evt.kind]
-            detail: dict[str, Any] = {"device_time": evt.time and format_utc(evt.time)}
-            if key:
-                detail[key] = evt.detail
-            run.emit(kind, evt.pump_id, detail=detail)
+            run.pump_event(evt)
         case ProgrammerRestarted(detail=text):
             run.emit(EventKind.PROGRAMMER_RESET, None, detail={"reason": text})
         case Lifecycle(kind=kind):
@@ -104,6 +99,7 @@ class _Step:
         self.config = config
         self.pumps = dict(state.pumps)
         self.gateway_alerts = dict(state.gateway_alerts)
+        self.announced = dict(state.announced)
         self.next_id = state.next_id
         self.events: list[Event] = []
         self.pump_states: list[PumpState] = []
@@ -118,6 +114,7 @@ class _Step:
             link_since=self.state.link_since,
             link_reason=self.state.link_reason,
             next_id=self.next_id,
+            announced=MappingProxyType(self.announced),
         )
         return Outcome(new_state, self.events, self.pump_states, self.results)
 
@@ -126,34 +123,162 @@ class _Step:
     def reading(self, stat: Stat) -> None:
         pump_id = stat.pump_id
         track = self._track(pump_id)
-        thresholds = self.config.thresholds_for(pump_id)
+        t = self.config.thresholds_for(pump_id)
+        obs_known = stat.flags is None or Flag.NO_LINK not in stat.flags
+        program, drain, last_res = track.program, track.drain, track.last_reservoir_ml
+        reset: tuple[AlertType, ...] = ()
+        jumped = False
+        if not obs_known or stat.res_ml is None:
+            drain = drain.gap()  # unknown: never a point, never an interval
+        else:
+            program, changed = self._program_change(
+                pump_id, program, stat.dose_mcg_day, stat.conc_mcg_ml, "STAT", stat.time
+            )
+            if last_res is not None and stat.res_ml - last_res > REFILL_JUMP_ML:
+                self._refill_event(pump_id, last_res, stat.res_ml, "volume_jump", stat.time)
+                reset = rules.REFILL_RESETS
+                jumped = True
+            if changed or reset:
+                drain = DrainWindow()
+            day = (stat.time or self.now).timestamp() / SECONDS_PER_DAY
+            drain = drain.add(day, stat.res_ml, t.flow_window_h / 24)
+            last_res = stat.res_ml
+        measured = drain.rate_ml_per_day(t.flow_min_span_h / 24)
+        obs = rules.Observation(stat, project(stat, measured, self.now))
         alerts = dict(track.alerts)
-        for alert_type, rule in rules.READING_RULES.items():
-            current = alerts.get(alert_type)
-            finding = rule(stat, thresholds, current.severity if current else None)
-            self._apply(alerts, pump_id, alert_type, finding)
+        self._evaluate(alerts, pump_id, obs, t, reset)
         self._apply(alerts, pump_id, AlertType.TELEMETRY_LOST, rules.telemetry_lost_by_flag(stat))
         streak = track.valid_streak + 1
-        if streak >= thresholds.data_invalid_clear_readings:
+        if streak >= t.data_invalid_clear_readings:
             self._apply(
                 alerts,
                 pump_id,
                 AlertType.DATA_INVALID,
                 Finding(None, f"{streak} valid readings since the last invalid frame"),
             )
-        pump_state = project_state(
+        state = pump_state(
             stat,
+            obs.projection,
             label=self.config.label_for(pump_id),
             received_at=self.now,
             stale=AlertType.TELEMETRY_LOST in alerts,
         )
-        self.pump_states.append(pump_state)
+        self.pump_states.append(state)
         self.pumps[pump_id] = PumpTrack(
             pump_id,
             watch_since=self.now,
-            last_state=pump_state,
+            last_state=state,
+            last_stat=stat,
             valid_streak=streak,
             alerts=MappingProxyType(alerts),
+            program=program,
+            last_reservoir_ml=last_res,
+            jump_reported=jumped,
+            drain=drain,
+        )
+
+    def pump_event(self, evt: Evt) -> None:
+        track = self._track(evt.pump_id)
+        if evt.kind == "RESET":
+            device_time = evt.time and format_utc(evt.time)
+            self.emit(EventKind.PROGRAMMER_RESET, evt.pump_id, {"device_time": device_time})
+        elif evt.kind == "PROG" and evt.detail is not None:
+            program, changed = self._program_change(
+                evt.pump_id, track.program, evt.detail, None, "EVT", evt.time
+            )
+            drain = DrainWindow() if changed else track.drain
+            self.pumps[evt.pump_id] = replace(track, program=program, drain=drain)
+        elif evt.kind == "REFILL":
+            if not track.jump_reported:  # else the STAT before it told us already
+                before = track.last_reservoir_ml
+                self._refill_event(evt.pump_id, before, evt.detail, "EVT", evt.time)
+            # An unknown new volume: the next STAT sets it, without a second event.
+            track = replace(
+                track, drain=DrainWindow(), last_reservoir_ml=evt.detail, jump_reported=False
+            )
+            if evt.detail is not None and track.last_stat is not None:
+                # Re-evaluate the reservoir alerts at once, on the new volume;
+                # the pump's low/empty flags belong to the old volume.
+                last = track.last_stat
+                flags = None if last.flags is None else last.flags & ~_RESERVOIR_FLAGS
+                stat = replace(last, res_ml=evt.detail, time=evt.time, flags=flags)
+                obs = rules.Observation(stat, project(stat, None, self.now))
+                alerts = dict(track.alerts)
+                t = self.config.thresholds_for(evt.pump_id)
+                only = {k: rules.READING_RULES[k] for k in rules.REFILL_RESETS}
+                self._evaluate(alerts, evt.pump_id, obs, t, rules.REFILL_RESETS, only)
+                track = replace(track, alerts=MappingProxyType(alerts))
+            self.pumps[evt.pump_id] = track
+
+    def _evaluate(
+        self,
+        alerts: dict[AlertType, Alert],
+        pump_id: str,
+        obs: rules.Observation,
+        t: Thresholds,
+        reset: tuple[AlertType, ...],
+        only: Mapping[AlertType, rules.ReadingRule] = rules.READING_RULES,
+    ) -> None:
+        for alert_type, rule in only.items():
+            current = alerts.get(alert_type)
+            # After a refill the hysteresis band no longer holds an episode open.
+            context = None if current is None or alert_type in reset else current.severity
+            self._apply(alerts, pump_id, alert_type, rule(obs, t, context))
+
+    def _program_change(
+        self,
+        pump_id: str,
+        program: Program,
+        dose: float | None,
+        conc: float | None,
+        source: str,
+        device_time: datetime | None,
+    ) -> tuple[Program, bool]:
+        """The program after this news, and whether it changed (one event per
+        change). A STAT that merely tells a program we did not know yet is no
+        change; an EVT PROG always announces one."""
+        new = Program(
+            dose if dose is not None else program.dose_mcg_per_day,
+            conc if conc is not None else program.concentration_mcg_per_ml,
+        )
+        changed = False
+        for old, now in (
+            (program.dose_mcg_per_day, new.dose_mcg_per_day),
+            (program.concentration_mcg_per_ml, new.concentration_mcg_per_ml),
+        ):
+            if now is None or (old is None and source != "EVT"):
+                continue
+            changed = changed or old is None or abs(old - now) > 1e-9
+        if changed:
+            self.emit(
+                EventKind.PROGRAM_CHANGE,
+                pump_id,
+                {
+                    "old": asdict(program),
+                    "new": asdict(new),
+                    "source": source,
+                    "device_time": device_time and format_utc(device_time),
+                },
+            )
+        return new, changed
+
+    def _refill_event(
+        self,
+        pump_id: str,
+        before: float | None,
+        after: float | None,
+        source: str,
+        device_time: datetime | None,
+    ) -> None:
+        self.emit(
+            EventKind.REFILL,
+            pump_id,
+            {
+                "before_ml": before,
+                "after_ml": after,
+                "source": source,
+                "device_time": device_time and format_utc(device_time),
+            },
         )
 
     def tick(self) -> None:
@@ -170,12 +295,30 @@ class _Step:
                 last = last.model_copy(update={"stale": True})
                 self.pump_states.append(last)
             self.pumps[pump_id] = replace(track, alerts=MappingProxyType(alerts), last_state=last)
+        self._remind()
         if not self.state.link_up:
             down_s = (self.now - self.state.link_since).total_seconds()
             finding = rules.link_lost(
                 down_s, self.config.serial.link_timeout_s, self.state.link_reason
             )
             self._apply(self.gateway_alerts, GATEWAY_PUMP, AlertType.LINK_LOST, finding)
+
+    def _remind(self) -> None:
+        """Re-announce active, unacknowledged alerts (renotify_*_s; 0: never)."""
+        for pump_id, alerts in self._alert_tables():
+            t = self.config.thresholds_for(pump_id)
+            for alert in alerts.values():
+                if alert.state is not AlertState.ACTIVE:
+                    continue
+                every = (
+                    t.renotify_critical_s
+                    if alert.severity is Severity.CRITICAL
+                    else t.renotify_warning_s
+                )
+                last = self.announced.get(alert.alert_id, alert.updated_at)
+                if every > 0 and (self.now - last).total_seconds() >= every:
+                    self.announced[alert.alert_id] = self.now
+                    self.emit(EventKind.ALERT_REMINDER, pump_id, alert=alert)
 
     def link_changed(self, up: bool, reason: str) -> None:
         if up == self.state.link_up:
@@ -277,6 +420,7 @@ class _Step:
         if finding.severity is None:
             if current is not None:
                 del alerts[alert_type]
+                self.announced.pop(current.alert_id, None)
                 cleared = current.model_copy(
                     update={
                         "state": AlertState.CLEARED,
@@ -319,4 +463,5 @@ class _Step:
         else:
             return
         alerts[alert_type] = alert
+        self.announced.pop(alert.alert_id, None)  # announced now, at updated_at
         self.emit(kind, pump_id, alert=alert)

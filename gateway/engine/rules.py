@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from drivers.ptp import Flag, Stat
 from gateway.config import Thresholds
 from gateway.contract import AlertType, Severity
+from gateway.engine.projection import Projection
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +44,31 @@ def combine(findings: Sequence[Finding | None], current: Severity | None) -> Fin
 
 
 @dataclass(frozen=True, slots=True)
+class Observation:
+    """One valid STAT and what was derived from it."""
+
+    stat: Stat
+    projection: Projection
+
+    @property
+    def values_known(self) -> bool:
+        """False while NO_LINK: the other fields are old values, not news."""
+        return self.stat.flags is None or Flag.NO_LINK not in self.stat.flags
+
+
+@dataclass(frozen=True, slots=True)
 class LowValueRule:
     """A value that is bad when low, plus the pump's own flags for the same
     condition: warning at or below ``warning``, critical at or below
-    ``critical``, clearing only above ``warning + margin``."""
+    ``critical``, clearing only above ``warning + margin``. ``describe``
+    formats the value, e.g. ``"Reservoir {:g} mL"``."""
 
     describe: str
     unit: str
     warning: float
     critical: float
     margin: float
-    critical_flag: tuple[Flag, str]
-    warning_flag: tuple[Flag, str]
+    flags: tuple[tuple[Flag, str, Severity], ...] = ()
 
     def assess(
         self, value: float | None, flags: Flag | None, current: Severity | None
@@ -62,8 +76,7 @@ class LowValueRule:
         return combine(
             [
                 self._by_value(value, active=current is not None),
-                _flag(flags, *self.critical_flag, Severity.CRITICAL, value),
-                _flag(flags, *self.warning_flag, Severity.WARNING, value),
+                *(_flag(flags, flag, text, sev, value) for flag, text, sev in self.flags),
             ],
             current,
         )
@@ -71,7 +84,7 @@ class LowValueRule:
     def _by_value(self, value: float | None, active: bool) -> Finding | None:
         if value is None:
             return None
-        shown = f"{self.describe} {value:g}{self.unit}"
+        shown = self.describe.format(value)
         if value <= self.critical:
             at = f"(critical at {self.critical:g}{self.unit})"
             return Finding(Severity.CRITICAL, f"{shown} {at}", value, self.critical)
@@ -91,39 +104,112 @@ def _flag(
     return Finding(None, f"{flag.name} not set", value)
 
 
-def _values_known(stat: Stat) -> bool:
-    return stat.flags is None or Flag.NO_LINK not in stat.flags
-
-
-def reservoir_low(stat: Stat, t: Thresholds, current: Severity | None) -> Finding | None:
+def reservoir_low(obs: Observation, t: Thresholds, current: Severity | None) -> Finding | None:
     rule = LowValueRule(
-        "Reservoir",
+        "Reservoir {:g} mL",
         " mL",
         warning=t.reservoir_warning_ml,
         critical=t.reservoir_critical_ml,
         margin=t.reservoir_hysteresis_ml,
-        critical_flag=(Flag.EMPTY, "Pump reports reservoir EMPTY"),
-        warning_flag=(Flag.LOW_RES, "Pump's own low-reservoir alarm is sounding (LOW_RES)"),
+        flags=(
+            (Flag.EMPTY, "Pump reports reservoir EMPTY", Severity.CRITICAL),
+            (
+                Flag.LOW_RES,
+                "Pump's own low-reservoir alarm is sounding (LOW_RES)",
+                Severity.WARNING,
+            ),
+        ),
     )
-    return rule.assess(stat.res_ml if _values_known(stat) else None, stat.flags, current)
+    value = obs.stat.res_ml if obs.values_known else None
+    return rule.assess(value, obs.stat.flags, current)
 
 
-def battery_low(stat: Stat, t: Thresholds, current: Severity | None) -> Finding | None:
+def battery_low(obs: Observation, t: Thresholds, current: Severity | None) -> Finding | None:
     rule = LowValueRule(
-        "Battery",
+        "Battery {:g}%",
         "%",
         warning=t.battery_warning_pct,
         critical=t.battery_critical_pct,
         margin=t.battery_hysteresis_pct,
-        critical_flag=(Flag.EOS, "Battery at end of service (EOS)"),
-        warning_flag=(Flag.ERI, "Battery at elective replacement indicator (ERI)"),
+        flags=(
+            (Flag.EOS, "Battery at end of service (EOS)", Severity.CRITICAL),
+            (Flag.ERI, "Battery at elective replacement indicator (ERI)", Severity.WARNING),
+        ),
     )
-    return rule.assess(stat.bat_pct if _values_known(stat) else None, stat.flags, current)
+    value = obs.stat.bat_pct if obs.values_known else None
+    return rule.assess(value, obs.stat.flags, current)
 
 
-def pump_fault(stat: Stat, t: Thresholds, current: Severity | None) -> Finding | None:
+def refill_due(obs: Observation, t: Thresholds, current: Severity | None) -> Finding | None:
+    """Days until the pump's own low-reservoir alarm, by the measured drain
+    rate once established, else the programmed flow."""
+    rule = LowValueRule(
+        "Low-reservoir alarm projected in {:.1f} days",
+        " days",
+        warning=t.refill_warning_days,
+        critical=t.refill_critical_days,
+        margin=t.refill_hysteresis_days,
+    )
+    days = obs.projection.days_to_low_reservoir_alarm if obs.values_known else None
+    return rule.assess(days, None, current)
+
+
+def flow_deviation(obs: Observation, t: Thresholds, current: Severity | None) -> Finding | None:
+    """Measured drain rate against the programmed flow. Faster: the pump may
+    empty early (over-infusion, leak). Slower: catheter occlusion or stall."""
+    measured = obs.projection.drain_ml_per_day
+    programmed = obs.projection.flow_ml_per_day
+    if measured is None or not programmed or not obs.values_known:
+        return None
+    deviation = (measured - programmed) / programmed * 100
+    way = (
+        "faster than programmed: over-infusion or leak, the pump may empty early"
+        if deviation > 0
+        else "slower than programmed: catheter occlusion or stall?"
+    )
+    message = (
+        f"Reservoir drains {abs(deviation):.0f}% {way} "
+        f"(measured {measured:.3f} mL/day, programmed {programmed:.3f} mL/day)"
+    )
+    size = abs(deviation)
+    held = current is not None and size >= t.flow_deviation_pct - t.flow_hysteresis_pct
+    if size > t.flow_deviation_pct or held:
+        return Finding(Severity.WARNING, message, round(deviation, 1), t.flow_deviation_pct)
+    return Finding(None, message, round(deviation, 1), t.flow_deviation_pct)
+
+
+def dose_out_of_range(obs: Observation, t: Thresholds, current: Severity | None) -> Finding | None:
+    """Programmed dose outside [dose_min_mcg, dose_max_mcg], or a concentration
+    not in ``allowed_concentrations`` (a refill with the wrong syringe)."""
+    dose = obs.stat.dose_mcg_day if obs.values_known else None
+    conc = obs.stat.conc_mcg_ml if obs.values_known else None
+    by_dose: Finding | None = None
+    if dose is not None:
+        if dose < t.dose_min_mcg:
+            text = f"Programmed dose {dose:g} mcg/day below {t.dose_min_mcg:g}"
+            by_dose = Finding(Severity.WARNING, text, dose, t.dose_min_mcg)
+        elif dose > t.dose_max_mcg:
+            text = f"Programmed dose {dose:g} mcg/day above {t.dose_max_mcg:g}"
+            by_dose = Finding(Severity.WARNING, text, dose, t.dose_max_mcg)
+        else:
+            by_dose = Finding(None, f"Programmed dose {dose:g} mcg/day", dose)
+    by_conc: Finding | None = Finding(None, "any concentration allowed")
+    allowed = t.allowed_concentrations
+    if allowed is not None:
+        by_conc = None
+        if conc is not None:
+            listed = ", ".join(f"{c:g}" for c in allowed)
+            if any(abs(conc - c) < 1e-6 for c in allowed):
+                by_conc = Finding(None, f"Concentration {conc:g} mcg/mL allowed", conc)
+            else:
+                text = f"Concentration {conc:g} mcg/mL is not one of {listed}"
+                by_conc = Finding(Severity.WARNING, text, conc)
+    return combine([by_dose, by_conc], current)
+
+
+def pump_fault(obs: Observation, t: Thresholds, current: Severity | None) -> Finding | None:
     return _flag(
-        stat.flags,
+        obs.stat.flags,
         Flag.MOTOR_STALL,
         "Pump motor stalled: no drug is being delivered",
         Severity.CRITICAL,
@@ -164,10 +250,15 @@ def link_lost(down_s: float | None, timeout_s: float, reason: str) -> Finding | 
     return None
 
 
-ReadingRule = Callable[[Stat, Thresholds, Severity | None], Finding | None]
+ReadingRule = Callable[[Observation, Thresholds, Severity | None], Finding | None]
 
 READING_RULES: dict[AlertType, ReadingRule] = {
     AlertType.RESERVOIR_LOW: reservoir_low,
+    AlertType.REFILL_DUE: refill_due,
     AlertType.BATTERY_LOW: battery_low,
     AlertType.PUMP_FAULT: pump_fault,
+    AlertType.FLOW_DEVIATION: flow_deviation,
+    AlertType.DOSE_OUT_OF_RANGE: dose_out_of_range,
 }
+# A refill restarts these episodes' hysteresis: they clear unless still low.
+REFILL_RESETS = (AlertType.RESERVOIR_LOW, AlertType.REFILL_DUE)

@@ -1,9 +1,11 @@
 """The engine state on disk: what must survive a restart, as versioned JSON.
 
-Kept: every open alert episode (id, severity, state, acknowledgement), the
-pumps being watched with their last state, and the id counter. Not kept:
-silence clocks, which restart at ``now`` (a restarted gateway gives every
-pump a full ``telemetry_timeout_s``) and the link, which starts down.
+Kept: every open alert episode (id, severity, state, acknowledgement, when
+it was last announced), the pumps being watched with their last state,
+program and volume, and the id counter. Not kept: silence clocks, which
+restart at ``now`` (a restarted gateway gives every pump a full
+``telemetry_timeout_s``), the link, which starts down, and the drain-rate
+window, which is measured again (``flow_deviation`` holds meanwhile).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from types import MappingProxyType
 from pydantic import BaseModel, ConfigDict
 
 from gateway.contract import Alert, PumpState
-from gateway.engine.state import EngineState, PumpTrack
+from gateway.engine.state import EngineState, Program, PumpTrack
 
 SNAPSHOT_VERSION = 1
 
@@ -25,6 +27,9 @@ class _PumpSnapshot(BaseModel):
     last_state: PumpState | None
     valid_streak: int
     alerts: list[Alert]
+    dose_mcg_per_day: float | None = None
+    concentration_mcg_per_ml: float | None = None
+    last_reservoir_ml: float | None = None
 
 
 class _EngineSnapshot(BaseModel):
@@ -34,6 +39,7 @@ class _EngineSnapshot(BaseModel):
     next_id: int
     gateway_alerts: list[Alert]
     pumps: list[_PumpSnapshot]
+    announced: dict[str, datetime] = {}
 
 
 def dump_state(state: EngineState) -> str:
@@ -48,9 +54,13 @@ def dump_state(state: EngineState) -> str:
                 last_state=t.last_state,
                 valid_streak=t.valid_streak,
                 alerts=list(t.alerts.values()),
+                dose_mcg_per_day=t.program.dose_mcg_per_day,
+                concentration_mcg_per_ml=t.program.concentration_mcg_per_ml,
+                last_reservoir_ml=t.last_reservoir_ml,
             )
             for t in state.pumps.values()
         ],
+        announced=dict(state.announced),
     ).model_dump_json()
 
 
@@ -73,6 +83,8 @@ def restore_state(text: str, base: EngineState, now: datetime) -> EngineState:
             last_state=p.last_state,
             valid_streak=p.valid_streak,
             alerts=MappingProxyType({a.type: a for a in p.alerts}),
+            program=Program(p.dose_mcg_per_day, p.concentration_mcg_per_ml),
+            last_reservoir_ml=p.last_reservoir_ml,
         )
     return EngineState(
         gateway_id=base.gateway_id,
@@ -82,4 +94,5 @@ def restore_state(text: str, base: EngineState, now: datetime) -> EngineState:
         link_since=now,
         link_reason="gateway restarted",
         next_id=snap.next_id,
+        announced=MappingProxyType(snap.announced),
     )

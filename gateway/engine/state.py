@@ -13,8 +13,17 @@ from types import MappingProxyType
 
 from drivers.ptp import Evt, Stat
 from gateway.contract import Alert, AlertType, CommandResult, Event, EventKind, PumpState
+from gateway.engine.drain import DrainWindow
 
 _NO_ALERTS: Mapping[AlertType, Alert] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """What the pump is programmed to deliver, as last known."""
+
+    dose_mcg_per_day: float | None = None
+    concentration_mcg_per_ml: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +31,13 @@ class PumpTrack:
     pump_id: str
     watch_since: datetime  # last valid STAT's receive time, or when watching began
     last_state: PumpState | None = None
+    last_stat: Stat | None = None
     valid_streak: int = 0  # valid STATs since the last invalid frame
     alerts: Mapping[AlertType, Alert] = field(default_factory=lambda: _NO_ALERTS)
+    program: Program = field(default_factory=Program)
+    last_reservoir_ml: float | None = None  # last known volume, for refill detection
+    jump_reported: bool = False  # the last STAT showed a refill that was reported
+    drain: DrainWindow = field(default_factory=DrainWindow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +49,8 @@ class EngineState:
     link_since: datetime
     link_reason: str
     next_id: int = 0
+    # when each active alert was last announced (raise, escalation, reminder)
+    announced: Mapping[str, datetime] = field(default_factory=lambda: MappingProxyType({}))
 
     def active_alerts(self) -> list[Alert]:
         out = list(self.gateway_alerts.values())
