@@ -69,6 +69,9 @@ def assert_all_delivered_in_order(produced: list[dict[str, str]], sub: Subscribe
 
     wait_until(complete, f"all {len(want)} events at the subscriber")
     received = received_events(sub)
+    copies = len(sub.json_payloads(f"{BASE}/events")) - len(received)
+    alerts = sum(1 for e in produced if e["event"].startswith("alert_"))
+    print(f"\ndelivered: {len(want)} events ({alerts} alert transitions), {copies} copies dropped")
     per_pump: dict[str | None, list[str]] = {}
     for ev in received:
         per_pump.setdefault(ev["pump_id"], []).append(ev["event_id"])
