@@ -471,12 +471,16 @@ def test_refill_seen_as_a_volume_jump_clears_refill_due(refilled_to: float) -> N
     assert len(of_kind(out.events, EventKind.REFILL)) == 1
 
 
-def test_refill_to_a_still_low_volume_keeps_refill_due() -> None:
+def test_refill_to_a_still_low_volume_ends_the_episode_and_starts_a_new_one() -> None:
     bench = Bench()
-    bench.read(2.5, **ONE_ML_A_DAY)  # 0.5 days
-    out = bench.evt("REFILL", 6.0)  # 4 days: still due
-    assert of_type(out.events, REFILL_DUE) == []
-    assert bench.alert(REFILL_DUE) is not None
+    bench.read(2.5, **ONE_ML_A_DAY)  # 0.5 days: critical
+    before = bench.alert(REFILL_DUE)
+    assert before is not None and before.severity is CRITICAL
+    out = bench.evt("REFILL", 6.0)  # 4 days: still due, but only a warning now
+    assert transitions(out.events, REFILL_DUE) == ["alert_cleared", "alert_raised"]
+    after = bench.alert(REFILL_DUE)
+    assert after is not None and after.alert_id != before.alert_id
+    assert after.severity is WARNING
 
 
 def test_refill_due_uses_the_measured_rate_once_established() -> None:

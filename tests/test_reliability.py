@@ -27,6 +27,13 @@ BASE = "pumpgw/e2e"
 DEADLINE_S = 90.0
 REFILL_PUMPS = ["--pump", "PMP-0001=refill-cycle", "--pump", "PMP-0002=refill-cycle",
                 "--pump", "PMP-0003=refill-cycle"]  # fmt: skip
+# A refill-cycle round is 7.75 simulated days: 5 alert transitions and a refill per
+# pump. At this speed a round takes 1.7 real seconds, so three pumps make 20 alert
+# transitions in about 2.5 s. The programmer streams at most every 20 ms, i.e. a
+# STAT every 8000 simulated seconds (0.09 days) whatever poll_interval_s asks: still
+# two or three STATs between the round's closest transitions (reservoir_low at
+# 5 mL, refilled at 4.5 mL 0.25 days later), so none is skipped.
+REFILL_SPEED = "400000"
 _PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
@@ -81,6 +88,34 @@ def assert_all_delivered_in_order(produced: list[dict[str, str]], sub: Subscribe
         assert got == expected, f"events of {pump} out of order"
 
 
+# What a refill-cycle pump goes through each round, from its refill on: the refill
+# event ends both episodes, then refill_due warns (16 mL), turns critical (6 mL)
+# and reservoir_low warns (5 mL) before the next refill (4.5 mL).
+ROUND = [
+    ("refill", None, None),
+    ("alert_cleared", "reservoir_low", "warning"),
+    ("alert_cleared", "refill_due", "critical"),
+    ("alert_raised", "refill_due", "warning"),
+    ("alert_escalated", "refill_due", "critical"),
+    ("alert_raised", "reservoir_low", "warning"),
+]
+
+
+def assert_whole_rounds(produced: list[dict[str, str]]) -> None:
+    """Every refill-cycle pump, from its first refill on, went through whole
+    rounds: no transition was skipped (the STATs were fine-grained enough)."""
+    for pump in ("PMP-0001", "PMP-0002", "PMP-0003"):
+        seq = [
+            (e["event"], e.get("type"), e.get("severity"))
+            for e in produced
+            if e.get("pump_id") == pump
+        ]
+        assert ROUND[0] in seq, f"{pump} was never refilled"
+        rest = seq[seq.index(ROUND[0]) :]
+        assert len(rest) > len(ROUND), f"{pump}: not one whole round"
+        assert rest == (ROUND * (len(rest) // len(ROUND) + 1))[: len(rest)], pump
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[LocalBroker]:
     """mosquitto on a fixed port with persistence, so it can be stopped and
@@ -102,7 +137,7 @@ def test_broker_outage_loses_no_alert_or_event(tmp_path: Path, broker: LocalBrok
     port_no = broker.endpoint.port
     with (
         dashboard(broker) as sub,
-        simulator(tmp_path, "--speed", "100000", *REFILL_PUMPS) as (
+        simulator(tmp_path, "--speed", REFILL_SPEED, *REFILL_PUMPS) as (
             _,
             port,
         ),
@@ -126,6 +161,7 @@ def test_broker_outage_loses_no_alert_or_event(tmp_path: Path, broker: LocalBrok
             assert gw.stop() == 0  # a clean stop hands over what is stored
         produced = logged_events(gw)
         assert sum(1 for e in produced if e["event"].startswith("alert_")) >= 20
+        assert_whole_rounds(produced)
         assert_all_delivered_in_order(produced, sub)
         assert "mqtt_disconnected" in gw.log()
 
@@ -136,7 +172,7 @@ def test_kill_9_mid_burst_loses_nothing_and_raises_nothing_twice(
     with (
         dashboard(broker) as sub,
         simulator(
-            tmp_path, "--speed", "100000", *REFILL_PUMPS, "--pump", "PMP-0004=motor-stall"
+            tmp_path, "--speed", REFILL_SPEED, *REFILL_PUMPS, "--pump", "PMP-0004=motor-stall"
         ) as (_, port),
     ):
         config = gateway_config(tmp_path, port=port, broker_port=broker.endpoint.port)

@@ -278,7 +278,9 @@ def test_refill() -> None:
             (escalated("reservoir_low"), reaches(3.0, rate, 2.0)),  # 2 mL, day 1
             # EVT REFILL at day 1.5: the event, then the re-evaluation on 19.8 mL
             # (without the LOW_RES flag of the STAT before it) ends both episodes
-            # at once, in the engine's order: reservoir_low, refill_due (17.8 days)
+            # at once, in the engine's order: reservoir_low, refill_due (17.8 days:
+            # not due, so its clear says so; a refill to a volume still due would
+            # end it as "Refilled" and start a new episode)
             (REFILL, 1.5),
             (cleared("reservoir_low", "critical"), 1.5),
             (cleared("refill_due", "critical"), 1.5),
@@ -299,42 +301,67 @@ def test_refill() -> None:
     # cleared by the refill event itself, not by the STAT after it
     assert {t.cause for t in transitions if t.kind == "alert_cleared"} == {"PumpEventReceived"}
     assert refill.detail is not None and refill.detail.endswith("-> 19.8 mL (EVT)")
+    [due_cleared] = find(transitions, "alert_cleared", "refill_due")
+    projected = (19.8 - LRA) / rate
+    assert due_cleared.detail == f"Cleared: Low-reservoir alarm projected in {projected:.1f} days"
+    # the refill_due raised at day 12.3 is a new episode, not the one the refill ended
+    bedside = simulate("refill", DAYS, SCENARIO_CONFIG["refill"])
+    due = [e.alert for e in bedside.events if e.alert and e.alert.type == "refill_due"]
+    assert [a.alert_id == due[0].alert_id for a in due] == [True, True, False, False]
 
 
-CYCLE_PERIOD = (8.0 - 4.5) / 2.0  # days between automatic refills: 1.75
+CYCLE_FULL, CYCLE_REFILL_AT = 20.0, 4.5  # mL: refilled to 20.0 whenever it reaches 4.5
+CYCLE_PERIOD = (CYCLE_FULL - CYCLE_REFILL_AT) / 2.0  # days between automatic refills: 7.75
 
 
 def test_refill_cycle() -> None:
-    # 8 mL at 2.0 mL/day (1000 mcg/day of 500 mcg/mL), refilled to 8 mL
-    # whenever it reaches 4.5 mL: at day 1.75 k (k = 1 .. 51 within 90 days).
+    # a full 20 mL at 2.0 mL/day (1000 mcg/day of 500 mcg/mL), refilled to 20 mL
+    # whenever it reaches 4.5 mL: at day 7.75 k (k = 1 .. 11 within 90 days).
     rate = 2.0
-    expected: list[tuple[Key, float | None]] = [
-        # 8 mL is 3 days from the LRA: refill_due warning from the first STAT ...
-        (raised("refill_due"), 0.0),
-        # ... critical at 6 mL (2 days), day 1.0. It then stays critical, never
-        # cleared, for the whole run: right after each refill the LRA is 3 days
-        # away, and only "a refill above 7 days" ends the episode (README rules);
-        # severities never fall within an episode, so it keeps "critical" and its
-        # day-1 message through all 51 refills
-        (escalated("refill_due"), reaches(8.0, rate, refill_due_level(rate, 2))),
-    ]
+    expected: list[tuple[Key, float | None]] = []
     refills = int(DAYS // CYCLE_PERIOD)
-    for k in range(refills):
+    for k in range(refills + 1):
         start = k * CYCLE_PERIOD
         expected += [
-            # 5 mL, 1.5 days into each cycle: reservoir_low warning before the refill
-            (raised("reservoir_low"), reaches(8.0, rate, 5.0, start)),
-            # 4.5 mL: refilled, and the refill event clears reservoir_low (8 mL)
+            # 16 mL, day +2: the LRA 7 days away, refill_due warning (a new
+            # episode every round: the refill before ended the last one) ...
+            (raised("refill_due"), reaches(CYCLE_FULL, rate, refill_due_level(rate, 7), start)),
+            # ... critical at 6 mL (2 days), day +7
+            (escalated("refill_due"), reaches(CYCLE_FULL, rate, refill_due_level(rate, 2), start)),
+            # 5 mL, day +7.5: reservoir_low warning
+            (raised("reservoir_low"), reaches(CYCLE_FULL, rate, 5.0, start)),
+            # 4.5 mL, day +7.75: refilled; the refill event itself clears
+            # reservoir_low (20 mL) and ends refill_due (the LRA 9 days away), in
+            # the engine's order
             (REFILL, start + CYCLE_PERIOD),
             (cleared("reservoir_low"), start + CYCLE_PERIOD),
+            (cleared("refill_due", "critical"), start + CYCLE_PERIOD),
         ]
-    # (the next cycle's 5 mL would be at day 90.75)
-    assert refills == 51
+    # the twelfth round (from day 85.25) gets no further than its warning at day
+    # 87.25: critical would be day 92.25
+    expected = [e for e in expected if e[1] is not None and e[1] <= DAYS]
+    assert refills == 11
+    assert len(expected) == 6 * refills + 1
     transitions = timeline("refill-cycle")
     check(transitions, expected)
-    assert not find(transitions, "alert_cleared", "refill_due")
-    clears = find(transitions, "alert_cleared", "reservoir_low")
+    clears = [t for t in transitions if t.kind == "alert_cleared"]
+    assert len(clears) == 2 * refills
     assert {t.cause for t in clears} == {"PumpEventReceived"}  # by the refill event itself
+    assert [t.detail for t in find(clears, "alert_cleared", "refill_due")] == [
+        f"Cleared: Low-reservoir alarm projected in {(CYCLE_FULL - LRA) / rate:.1f} days"
+    ] * refills
+    for refill in find(transitions, "refill"):
+        # the volume of the last STAT before the refill: 4.5 mL, or one STAT earlier
+        assert refill.detail is not None and refill.detail.endswith(" -> 20.0 mL (EVT)")
+        before = float(refill.detail.split(" ->")[0])
+        assert CYCLE_REFILL_AT <= before <= round(CYCLE_REFILL_AT + rate * STEP, 2)
+    # every refill_due raise is a new episode (its own alert_id), 12 in all, and
+    # each episode's escalation and end carry that id
+    bedside = simulate("refill-cycle", DAYS, SCENARIO_CONFIG["refill-cycle"])
+    due = [e for e in bedside.events if e.alert and e.alert.type == "refill_due"]
+    ids = [e.alert.alert_id for e in due if e.alert]
+    assert len(set(ids)) == refills + 1
+    assert ids == [i for i in dict.fromkeys(ids) for _ in range(3)][: len(ids)]
     # no flow_deviation: the window restarts at each refill and sees 2.0 mL/day
 
 

@@ -152,43 +152,51 @@ def test_every_scenario_is_known_by_its_name() -> None:
     assert [name for name, s in SCENARIOS.items() if s.noisy_line] == ["noisy-line"]
 
 
-CYCLE = 1.75  # days from 8.0 mL down to 4.5 mL at 2.0 mL/day
+CYCLE = 7.75  # days from a full 20.0 mL down to 4.5 mL at 2.0 mL/day
 
 
 def test_refill_cycle_numbers() -> None:
     start = at("refill-cycle", 0)
-    assert (start.capacity_ml, start.lra_ml, start.reservoir_ml) == (20.0, 2.0, 8.0)
+    assert (start.capacity_ml, start.lra_ml, start.reservoir_ml) == (20.0, 2.0, 20.0)
     assert (start.dose_mcg_day, start.conc_mcg_ml, start.battery_pct) == (1000.0, 500.0, 80.0)
     assert start.flow_ml_day == 2.0
-    assert SCENARIOS["refill-cycle"].auto_refill == AutoRefill(at_or_below_ml=4.5, volume_ml=8.0)
+    assert SCENARIOS["refill-cycle"].auto_refill == AutoRefill(at_or_below_ml=4.5, volume_ml=20.0)
 
 
 @pytest.mark.parametrize("cycle", [0, 1, 2, 57, 200])
-def test_refill_cycle_dips_below_5_ml_then_refills_to_8_ml(cycle: int) -> None:
+def test_refill_cycle_crosses_the_clinical_thresholds_then_refills_to_full(cycle: int) -> None:
     begin = cycle * CYCLE
-    assert at("refill-cycle", begin).reservoir_ml == pytest.approx(8.0)
-    assert at("refill-cycle", begin + 1.5 - 1 / DAY).reservoir_ml > 5.0
-    assert at("refill-cycle", begin + 1.5 + 1 / DAY).reservoir_ml < 5.0
+    assert at("refill-cycle", begin).reservoir_ml == pytest.approx(20.0)
+    # 16 mL: 7 days to the 2.0 mL alarm (refill due, warning)
+    assert at("refill-cycle", begin + 2.0 - 1 / DAY).reservoir_ml > 16.0
+    assert at("refill-cycle", begin + 2.0 + 1 / DAY).reservoir_ml < 16.0
+    # 6 mL: 2 days to the alarm (refill due, critical)
+    assert at("refill-cycle", begin + 7.0 - 1 / DAY).reservoir_ml > 6.0
+    assert at("refill-cycle", begin + 7.0 + 1 / DAY).reservoir_ml < 6.0
+    # 5 mL: reservoir low (warning)
+    assert at("refill-cycle", begin + 7.5 - 1 / DAY).reservoir_ml > 5.0
+    assert at("refill-cycle", begin + 7.5 + 1 / DAY).reservoir_ml < 5.0
     assert at("refill-cycle", begin + CYCLE - 1 / DAY).reservoir_ml == pytest.approx(4.5, abs=1e-4)
     assert at("refill-cycle", begin + CYCLE - 1 / DAY).reservoir_ml > 4.5
+    assert at("refill-cycle", begin + CYCLE - 1 / DAY).flags == Flag(0)
     refilled = at("refill-cycle", begin + CYCLE)
-    assert refilled.reservoir_ml == pytest.approx(8.0)
+    assert refilled.reservoir_ml == pytest.approx(20.0)
     assert refilled.flags == Flag(0)  # never down to the 2.0 mL alarm
     assert refilled.battery_pct == pytest.approx(80.0 - 0.01 * (begin + CYCLE))
 
 
 def test_refill_cycle_reports_one_refill_per_cycle() -> None:
-    scenario, event = SCENARIOS["refill-cycle"], PumpEvent("REFILL", 8.0)
+    scenario, event = SCENARIOS["refill-cycle"], PumpEvent("REFILL", 20.0)
     assert scenario.events_between(0, CYCLE * DAY - 1) == []
     assert scenario.events_between(0, CYCLE * DAY) == [event]
     assert scenario.events_between(CYCLE * DAY, 2 * CYCLE * DAY - 1) == []
     assert scenario.events_between(CYCLE * DAY, 2 * CYCLE * DAY) == [event]
-    assert scenario.events_between(0, 10 * DAY) == [event] * 5  # 1.75, 3.5, 5.25, 7, 8.75
-    assert len(scenario.events_between(0, 100 * DAY)) == 57
+    assert scenario.events_between(0, 40 * DAY) == [event] * 5  # 7.75, 15.5, 23.25, 31, 38.75
+    assert len(scenario.events_between(0, 100 * DAY)) == 12  # the 12th at 93 days
 
 
 @given(
-    times=st.lists(st.floats(min_value=0, max_value=60 * DAY), min_size=3, max_size=3).map(sorted)
+    times=st.lists(st.floats(min_value=0, max_value=240 * DAY), min_size=3, max_size=3).map(sorted)
 )
 def test_refill_cycle_events_add_up_and_match_the_reservoir(times: list[float]) -> None:
     a, b, c = times
@@ -197,9 +205,9 @@ def test_refill_cycle_events_add_up_and_match_the_reservoir(times: list[float]) 
     assert scenario.events_between(a, b) + scenario.events_between(b, c) == whole
     assert len(scenario.events_between(0, c)) == int(c // (CYCLE * DAY))
     model = scenario.model_at("PMP-0001", c)
-    assert 4.5 < model.reservoir_ml <= 8.0 or model.reservoir_ml == pytest.approx(4.5)
+    assert 4.5 < model.reservoir_ml <= 20.0 or model.reservoir_ml == pytest.approx(4.5)
     since_refill_days = (c % (CYCLE * DAY)) / DAY
-    assert model.reservoir_ml == pytest.approx(8.0 - 2.0 * since_refill_days, abs=1e-6)
+    assert model.reservoir_ml == pytest.approx(20.0 - 2.0 * since_refill_days, abs=1e-6)
 
 
 def test_refill_cycle_event_comes_with_the_next_stat() -> None:
@@ -211,14 +219,17 @@ def test_refill_cycle_event_comes_with_the_next_stat() -> None:
     def poll(days: float) -> list[object]:
         return list(StreamDecoder().feed(device.receive(encode(PollCommand()), days * DAY)))
 
-    first = [m for m in poll(1.6) if isinstance(m, Stat)]
+    first = [m for m in poll(7.6) if isinstance(m, Stat)]
     assert [s.res_ml for s in first] == [4.8]
-    second = poll(1.8)
-    assert [(type(m), getattr(m, "res_ml", None)) for m in second[:2]] == [(Evt, None), (Stat, 7.9)]
+    second = poll(7.8)
+    assert [(type(m), getattr(m, "res_ml", None)) for m in second[:2]] == [
+        (Evt, None),
+        (Stat, 19.9),
+    ]
     evt = second[0]
-    assert isinstance(evt, Evt) and (evt.kind, evt.detail) == ("REFILL", 8.0)
-    assert not any(isinstance(m, Evt) for m in poll(1.9))
-    assert sum(isinstance(m, Evt) for m in poll(1.9 + 2 * CYCLE)) == 2
+    assert isinstance(evt, Evt) and (evt.kind, evt.detail) == ("REFILL", 20.0)
+    assert not any(isinstance(m, Evt) for m in poll(7.9))
+    assert sum(isinstance(m, Evt) for m in poll(7.9 + 2 * CYCLE)) == 2
 
 
 def test_auto_refill_must_refill_above_its_threshold() -> None:

@@ -49,6 +49,7 @@ as the daemon handles what has arrived before it looks at the time. Answers
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -407,7 +408,10 @@ SCENARIO_SUMMARY = {
     "link-loss": "normal; the programmer loses the pump (NO_LINK) from day 0.5 to day 1.5.",
     "noisy-line": "normal, on a line that corrupts one frame in four (seed 0).",
     "refill": "3 mL at 1.0 mL/day, refilled to 19.8 mL at day 1.5.",
-    "refill-cycle": "8 mL at 2.0 mL/day, refilled to 8.0 mL whenever it reaches 4.5 mL.",
+    "refill-cycle": (
+        "a full 20 mL at 2.0 mL/day (1000 mcg/day of 500 mcg/mL), refilled to 20.0 mL "
+        "whenever it reaches 4.5 mL (every 7.75 days)."
+    ),
     "over-infusion": "normal, but delivers 25% more than programmed (0.75 mL/day).",
     "catheter-occlusion": "normal, but delivers 30% of the programmed flow (0.18 mL/day).",
     "wrong-concentration": (
@@ -415,23 +419,25 @@ SCENARIO_SUMMARY = {
         "(`allowed_concentrations = [500, 1000]`)."
     ),
 }
-_CYCLE = [
-    ("alert_raised", "reservoir_low"),
-    ("refill", None),
-    ("alert_cleared", "reservoir_low"),
-]
 
 
 def _cycles(rows: list[Transition]) -> str:
-    """Refill-cycle: the first two cycles, a summary line, the last cycle."""
-    head = [t for t in rows if (t.kind, t.type) not in _CYCLE]
-    cycle = [t for t in rows if (t.kind, t.type) in _CYCLE]
-    n = len(find(cycle, "refill"))
-    shown = [*head, *cycle[:6]]
-    period = round((cycle[4].day - cycle[1].day), 2)
+    """Refill-cycle: the first two rounds, a summary line, the last round and
+    what follows it. A round ends with its refill and the clears that came with it."""
+    refills = [i for i, t in enumerate(rows) if t.kind == "refill"]
+    ends = []
+    for i in refills:
+        j = i + 1
+        while j < len(rows) and rows[j].kind == "alert_cleared" and rows[j].day == rows[i].day:
+            j += 1
+        ends.append(j)
+    rounds = [keys(rows[a:b]) for a, b in itertools.pairwise(ends)]
+    assert rounds and all(r == rounds[0] for r in rounds), "the rounds differ: show them all"
+    period = (rows[refills[-1]].day - rows[refills[0]].day) / (len(refills) - 1)
     return (
-        table(shown) + f"\n| ... | | | | | the same three rows every {period:g} days: {n} refills"
-        f" in all |\n" + table(cycle[-3:]).split("\n", 2)[2]
+        table(rows[: ends[1]])
+        + f"\n| ... | | | | | the same {len(rounds[0])} rows every {period:.2f} days:"
+        f" {len(refills)} refills in all |\n" + table(rows[ends[-2] :]).split("\n", 2)[2]
     )
 
 
@@ -496,12 +502,16 @@ def render_doc() -> str:
 FINDINGS = """
 ## Notes
 
-- **refill-cycle: `refill_due` is never cleared.** Right after each refill the
-  low-reservoir alarm is 3.0 days away, inside the 7-day warning band, and only a
-  refill above 7 days (or a projection above 7.5) ends the episode. As severities
-  never fall within an episode, it stays *critical*, with its day-1 message
-  ("projected in 2.0 days"), through all 51 refills. `reservoir_low` is what the
-  refill event clears, every 1.75 days.
+- **refill-cycle: every round is a new `refill_due` episode.** From a full 20 mL
+  at 2.0 mL/day, `refill_due` warns at 16 mL (day +2: the low-reservoir alarm 7
+  days away), turns critical at 6 mL (day +7), `reservoir_low` warns at 5 mL (day
+  +7.5), and the refill at 4.5 mL (day +7.75) ends both from the refill event
+  itself (20 mL: the alarm 9 days away). A refill to a volume still due would end
+  the `refill_due` episode as "Refilled" and start a new one at the severity the
+  new volume earns. In the first four rounds the STAT due at the refill instant
+  is stamped a hair before it (the programmer's stream schedule adds its period
+  in floating point), still reads 4.5 mL, and the refill comes with the next
+  STAT, 0.02 days later; from day 38.75 on it comes on time, after a 4.54 mL STAT.
 - Every pump that runs dry ends with a `flow_deviation` warning "slower than
   programmed: catheter occlusion or stall?" about 0.25 days after it is empty:
   the flat readings at 0 mL pull the measured rate down. Over-infusion first

@@ -209,12 +209,13 @@ SCENARIOS: dict[str, Scenario] = {
             replace(_ONE_ML_PER_DAY, reservoir_ml=3.0),
             (_refill_at(_days(1.5), 19.8),),
         ),
-        # 2.0 mL/day from 8.0 mL, refilled at 4.5 mL: every 1.75 days a refill,
-        # after 0.25 days below 5.0 mL.
+        # 2.0 mL/day from a full 20.0 mL, refilled to 20.0 at 4.5 mL: every 7.75
+        # days a refill. Each round: refill due (16 mL: 7 days to the 2 mL alarm)
+        # at +2 d, critical (6 mL) at +7 d, reservoir low (5 mL) at +7.5 d, refill.
         Scenario(
             "refill-cycle",
-            replace(_NORMAL, reservoir_ml=8.0, dose_mcg_day=1000.0),
-            auto_refill=AutoRefill(at_or_below_ml=4.5, volume_ml=8.0),
+            replace(_NORMAL, reservoir_ml=20.0, dose_mcg_day=1000.0),
+            auto_refill=AutoRefill(at_or_below_ml=4.5, volume_ml=20.0),
         ),
         Scenario("over-infusion", replace(_NORMAL, delivery_factor=1.25)),
         Scenario("catheter-occlusion", replace(_NORMAL, delivery_factor=0.3)),

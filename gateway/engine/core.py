@@ -223,7 +223,13 @@ class _Step:
             current = alerts.get(alert_type)
             # After a refill the hysteresis band no longer holds an episode open.
             context = None if current is None or alert_type in reset else current.severity
-            self._apply(alerts, pump_id, alert_type, rule(obs, t, context))
+            finding = rule(obs, t, context)
+            ends = alert_type in reset and alert_type in rules.REFILL_ENDS
+            if ends and current is not None and (finding is None or finding.severity):
+                # The refill ends this episode; a new one starts if still due.
+                value = finding.value if finding else None
+                self._apply(alerts, pump_id, alert_type, Finding(None, "Refilled", value))
+            self._apply(alerts, pump_id, alert_type, finding)
 
     def _program_change(
         self,

@@ -262,3 +262,6 @@ READING_RULES: dict[AlertType, ReadingRule] = {
 }
 # A refill restarts these episodes' hysteresis: they clear unless still low.
 REFILL_RESETS = (AlertType.RESERVOIR_LOW, AlertType.REFILL_DUE)
+# ...and ends this episode outright: if still due, a new one starts at the
+# severity the new volume earns (its projection changed with the refill).
+REFILL_ENDS = (AlertType.REFILL_DUE,)
