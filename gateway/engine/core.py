@@ -227,8 +227,9 @@ class _Step:
             ends = alert_type in reset and alert_type in rules.REFILL_ENDS
             if ends and current is not None and (finding is None or finding.severity):
                 # The refill ends this episode; a new one starts if still due.
-                value = finding.value if finding else None
-                self._apply(alerts, pump_id, alert_type, Finding(None, "Refilled", value))
+                value, text = (finding.value, finding.message) if finding else (None, "")
+                ended = Finding(None, f"Refilled: {text}".rstrip(": "), value)
+                self._apply(alerts, pump_id, alert_type, ended)
             self._apply(alerts, pump_id, alert_type, finding)
 
     def _program_change(
