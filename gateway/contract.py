@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 GATEWAY_PUMP = "_gateway"  # the {pump} of gateway-wide alerts (link_lost)
 
@@ -213,14 +215,58 @@ class Topics:
         return f"{self.base}/pumps/{pump_id}/alerts/{alert_type.value}"
 
 
+# The JSON Schema of a time as ``format_utc`` writes it.
+UTC_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3})?Z$"
+
+
+class ContractJsonSchema(GenerateJsonSchema):
+    """JSON Schema (draft 2020-12) of the payloads exactly as they are on the wire.
+
+    Pydantic's defaults describe them more loosely than the daemon writes them:
+    in serialization mode every field is always written (a default or ``None``
+    included), so every property is required; and a ``UtcTime`` is a
+    ``date-time`` string that ends in ``Z``, not any string.
+    """
+
+    def generate(self, schema: CoreSchema, mode: JsonSchemaMode = "validation") -> JsonSchemaValue:
+        return {"$schema": self.schema_dialect, **super().generate(schema, mode)}
+
+    def field_is_required(
+        self,
+        field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
+        total: bool,
+    ) -> bool:
+        if self.mode == "serialization":
+            return True  # model_dump_json writes every field, defaults included
+        return super().field_is_required(field, total)
+
+    def ser_schema(
+        self,
+        schema: core_schema.SerSchema
+        | core_schema.IncExSeqSerSchema
+        | core_schema.IncExDictSerSchema,
+    ) -> JsonSchemaValue | None:
+        if schema.get("type") == "function-plain" and schema.get("function") is format_utc:
+            return {"type": "string", "format": "date-time", "pattern": UTC_TIME_PATTERN}
+        return super().ser_schema(schema)
+
+
+# Every JSON payload by topic role: the model and the side it is read from.
+# What the gateway publishes is described as serialized; ``cmd_ack`` is what
+# the gateway accepts, so it is described as validated (``note`` optional).
+PAYLOAD_MODELS: dict[str, tuple[type[BaseModel], JsonSchemaMode]] = {
+    "info": (Info, "serialization"),
+    "state": (PumpState, "serialization"),
+    "alert": (Alert, "serialization"),
+    "event": (Event, "serialization"),
+    "cmd_ack": (AckCommand, "validation"),
+    "cmd_result": (CommandResult, "serialization"),
+}
+
+
 def payload_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every JSON payload, by topic role."""
-    models: dict[str, type[BaseModel]] = {
-        "info": Info,
-        "state": PumpState,
-        "alert": Alert,
-        "event": Event,
-        "cmd_ack": AckCommand,
-        "cmd_result": CommandResult,
+    """JSON Schema of every JSON payload, by topic role (see ``ContractJsonSchema``)."""
+    return {
+        name: model.model_json_schema(mode=mode, schema_generator=ContractJsonSchema)
+        for name, (model, mode) in PAYLOAD_MODELS.items()
     }
-    return {name: model.model_json_schema(mode="serialization") for name, model in models.items()}
