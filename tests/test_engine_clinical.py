@@ -573,6 +573,49 @@ def test_flow_deviation_holds_while_the_window_restarts() -> None:
     assert transitions(out.events, FLOW) == ["alert_cleared"]
 
 
+EMPTY_READINGS = [
+    pytest.param({"res": 0.0, "flags": Flag.EMPTY | Flag.LOW_RES}, id="0-ml-and-empty-flag"),
+    pytest.param({"res": 0.0}, id="0-ml"),
+    pytest.param({"res": 0.01, "flags": Flag.EMPTY | Flag.LOW_RES}, id="empty-flag"),
+]
+
+
+def _drain_until_empty(bench: Bench) -> None:
+    """A day of readings at the programmed 0.6 mL/day, down to 0.0125 mL."""
+    bench.read(0.6)
+    drain(bench, 0.6, 23.5)
+    assert bench.pump_state().drain_ml_per_day == 0.6
+
+
+@pytest.mark.parametrize("empty", EMPTY_READINGS)
+def test_empty_reservoir_readings_are_no_drain_points(empty: dict[str, Any]) -> None:
+    # A pump with nothing left cannot drain: its flat readings say nothing about
+    # the catheter, so they never pull the measured rate down into a "slower
+    # than programmed: catheter occlusion or stall?" flow_deviation.
+    bench = Bench()
+    _drain_until_empty(bench)
+    for k in range(1, 97):  # 2 days of empty readings
+        out = bench.read(after=HALF_HOUR, **empty)
+        if k <= 23:  # the draining readings still span 12 h of the 24 h window
+            assert out.pump_states[0].drain_ml_per_day == 0.6
+    assert of_type(bench.events, FLOW) == []
+    assert bench.alert(FLOW) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DrainWindow forgets old readings only when a new one is added: "
+    "gap() does not slide the window, so the last measured rate is held",
+)
+@pytest.mark.parametrize("empty", EMPTY_READINGS[:1])
+def test_drain_rate_is_unknown_once_only_empty_readings_are_left(empty: dict[str, Any]) -> None:
+    bench = Bench()
+    _drain_until_empty(bench)
+    for _ in range(96):  # 2 days of empty readings: the draining ones leave the window
+        bench.read(after=HALF_HOUR, **empty)
+    assert bench.pump_state().drain_ml_per_day is None
+
+
 # --- dose_out_of_range -------------------------------------------------------------
 
 

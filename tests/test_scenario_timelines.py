@@ -10,6 +10,10 @@ critical <= 2 days, on the measured drain rate once 12 h of readings are in a
 24 h window, else the programmed flow; flow_deviation beyond 15%, held down
 to 10%; battery_low warning <= 25%, critical <= 10%. Severities only rise
 within an episode. Days are checked to within two STAT intervals.
+
+A reading of an empty reservoir (0 mL, EMPTY) is no point of the drain window:
+a pump with nothing left cannot drain, so it says nothing about the catheter.
+Like an unknown reading it splits the window instead, and adds nothing to it.
 """
 
 from __future__ import annotations
@@ -95,11 +99,6 @@ def refill_due_level(rate: float, days: float) -> float:
     return LRA + days * rate
 
 
-def drains(start_ml: float, rate: float, t0: float = 0.0) -> Callable[[float], float]:
-    """Volume over time of a pump draining from ``start_ml`` at day ``t0``, down to 0."""
-    return lambda day: max(0.0, start_ml - rate * (day - t0))
-
-
 def measured_rate(volume: Callable[[float], float], day: float, since: float = 0.0) -> float:
     """The least-squares drain rate over the 24 h of STATs up to ``day`` (volumes
     to 0.01 mL, as STATs carry them), from ``since`` at the earliest: an
@@ -128,19 +127,12 @@ def first_stat_when(
     return day
 
 
-def dries_up_alarm(volume: Callable[[float], float], empty_day: float, flow: float) -> float:
-    """When the flat readings of an empty pump pull the measured rate more than
-    15% below the programmed ``flow``: flow_deviation, "slower than programmed"."""
-    return first_stat_when(volume, empty_day, lambda rate: rate < 0.85 * flow)
-
-
 # --- the scenarios --------------------------------------------------------------------
 
 
 def normal_drain(t0: float = 0.0) -> list[tuple[Key, float | None]]:
     """15 mL at 0.6 mL/day (300 mcg/day of 500 mcg/mL), never refilled."""
     rate = 0.6
-    volume = drains(15.0, rate)
     return [
         # LRA 7 days away at 6.2 mL: day 14.67 (the measured rate is the programmed one)
         (raised("refill_due"), reaches(15.0, rate, refill_due_level(rate, 7))),
@@ -150,10 +142,10 @@ def normal_drain(t0: float = 0.0) -> list[tuple[Key, float | None]]:
         (escalated("refill_due"), reaches(15.0, rate, refill_due_level(rate, 2))),
         # 2 mL (the pump's own LOW_RES sets too): day 21.67
         (escalated("reservoir_low"), reaches(15.0, rate, 2.0)),
-        # empty at day 25; the flat 0 mL readings pull the measured rate under
-        # 0.51 mL/day about 0.25 days later: "slower than programmed". Nothing
-        # clears: there is no refill. (Battery: 80% - 0.01%/day, never low.)
-        (raised("flow_deviation"), dries_up_alarm(volume, 25.0, rate)),
+        # empty at day 25, and nothing more: the 0 mL readings are no points of
+        # the drain window, so they never pull the measured rate down into a
+        # "slower than programmed" flow_deviation. Nothing clears: there is no
+        # refill. (Battery: 80% - 0.01%/day, never low.)
     ]
 
 
@@ -175,8 +167,7 @@ def test_low_reservoir() -> None:
             (escalated("refill_due"), reaches(6.0, rate, refill_due_level(rate, 2))),
             # 2 mL
             (escalated("reservoir_low"), reaches(6.0, rate, 2.0)),
-            # empty at day 6, then flat readings: measured rate < 0.85 mL/day
-            (raised("flow_deviation"), dries_up_alarm(drains(6.0, rate), 6.0, rate)),
+            # empty at day 6: no flow_deviation from the 0 mL readings (as in normal)
         ],
     )
 
@@ -289,11 +280,7 @@ def test_refill() -> None:
             (raised("reservoir_low"), reaches(19.8, rate, 5.0, 1.5)),  # day 16.3
             (escalated("refill_due"), reaches(19.8, rate, refill_due_level(rate, 2), 1.5)),
             (escalated("reservoir_low"), reaches(19.8, rate, 2.0, 1.5)),  # day 19.3
-            # empty at day 21.3, then the flat readings
-            (
-                raised("flow_deviation"),
-                dries_up_alarm(drains(19.8, rate, 1.5), 21.3, rate),
-            ),
+            # empty at day 21.3: no flow_deviation from the 0 mL readings
         ],
     )
     refill = find(transitions, "refill")[0]
@@ -367,8 +354,7 @@ def test_refill_cycle() -> None:
 
 def test_over_infusion() -> None:
     # normal, but delivers 25% more: 0.75 mL/day against 0.6 programmed.
-    rate, flow = 0.75, 0.6
-    volume = drains(15.0, rate)
+    rate = 0.75
     check(
         timeline("over-infusion"),
         [
@@ -380,11 +366,10 @@ def test_over_infusion() -> None:
             (raised("reservoir_low"), reaches(15.0, rate, 5.0)),  # day 13.33
             (escalated("refill_due"), reaches(15.0, rate, refill_due_level(rate, 2))),
             (escalated("reservoir_low"), reaches(15.0, rate, 2.0)),  # day 17.33
-            # empty at day 20: the measured rate falls through the band: the
-            # "faster" episode ends below +10% (0.66 mL/day) ...
-            (cleared("flow_deviation"), first_stat_when(volume, 20.0, lambda r: r < 1.1 * flow)),
-            # ... and a new "slower" one starts below -15% (0.51 mL/day)
-            (raised("flow_deviation"), dries_up_alarm(volume, 20.0, flow)),
+            # empty at day 20: the 0 mL readings are no points of the drain window,
+            # so the measured rate is never pulled down through the band: the
+            # "faster" episode raised at day 0.5 stays active to the end (no clear
+            # below +10%, no new "slower" episode below -15%)
         ],
     )
 
@@ -404,7 +389,8 @@ def test_catheter_occlusion() -> None:
             (raised("refill_due"), reaches(15.0, rate, refill_due_level(rate, 7))),
             (escalated("refill_due"), reaches(15.0, rate, refill_due_level(rate, 2))),
             (escalated("reservoir_low"), reaches(15.0, rate, 2.0)),  # day 72.2
-            # empty at day 83.3: flow_deviation is already active (now -100%)
+            # empty at day 83.3: the 0 mL readings are no points of the drain
+            # window, and the flow_deviation raised at day 0.5 stays active
         ],
     )
 

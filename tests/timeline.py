@@ -512,10 +512,17 @@ FINDINGS = """
   is stamped a hair before it (the programmer's stream schedule adds its period
   in floating point), still reads 4.5 mL, and the refill comes with the next
   STAT, 0.02 days later; from day 38.75 on it comes on time, after a 4.54 mL STAT.
-- Every pump that runs dry ends with a `flow_deviation` warning "slower than
-  programmed: catheter occlusion or stall?" about 0.25 days after it is empty:
-  the flat readings at 0 mL pull the measured rate down. Over-infusion first
-  clears its "faster" episode, then raises a new "slower" one.
+- A pump that runs dry raises no `flow_deviation`: a reading of an empty
+  reservoir (0 mL, or the EMPTY flag) is no point of the measured drain window,
+  since a pump with nothing left cannot drain and a flat line at 0 mL says
+  nothing about the catheter. Like an unknown reading it splits the window and
+  adds nothing to it, so no new rate is measured while the pump stays empty and
+  an active `flow_deviation` holds: over-infusion's "faster" episode (day 0.50)
+  stays active after the pump empties at day 20, and catheter occlusion's
+  "slower" one after day 83.3. (Before, the flat zeros pulled the measured rate
+  down into a "slower than programmed: catheter occlusion or stall?" warning
+  about 0.25 days after every pump ran dry; over-infusion first cleared its
+  "faster" episode, then raised a "slower" one.)
 - `refill_due` follows the measured drain rate: 4.3 days earlier than the
   programmed flow would say under over-infusion (day 10.35), and 9.7 days *after*
   `reservoir_low` under catheter occlusion (0.18 mL/day: 7 days is 1.26 mL).

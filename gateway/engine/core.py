@@ -128,8 +128,13 @@ class _Step:
         program, drain, last_res = track.program, track.drain, track.last_reservoir_ml
         reset: tuple[AlertType, ...] = ()
         jumped = False
-        if not obs_known or stat.res_ml is None:
-            drain = drain.gap()  # unknown: never a point, never an interval
+        empty = stat.res_ml is not None and (
+            stat.res_ml <= 0 or (stat.flags is not None and Flag.EMPTY in stat.flags)
+        )
+        if not obs_known or stat.res_ml is None or empty:
+            # Unknown: never a point, never an interval. Empty: nothing left to
+            # drain, so a flat line there says nothing about the catheter.
+            drain = drain.gap()
         else:
             program, changed = self._program_change(
                 pump_id, program, stat.dose_mcg_day, stat.conc_mcg_ml, "STAT", stat.time
