@@ -602,11 +602,6 @@ def test_empty_reservoir_readings_are_no_drain_points(empty: dict[str, Any]) -> 
     assert bench.alert(FLOW) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DrainWindow forgets old readings only when a new one is added: "
-    "gap() does not slide the window, so the last measured rate is held",
-)
 @pytest.mark.parametrize("empty", EMPTY_READINGS[:1])
 def test_drain_rate_is_unknown_once_only_empty_readings_are_left(empty: dict[str, Any]) -> None:
     bench = Bench()

@@ -128,13 +128,10 @@ class _Step:
         program, drain, last_res = track.program, track.drain, track.last_reservoir_ml
         reset: tuple[AlertType, ...] = ()
         jumped = False
-        empty = stat.res_ml is not None and (
-            stat.res_ml <= 0 or (stat.flags is not None and Flag.EMPTY in stat.flags)
-        )
-        if not obs_known or stat.res_ml is None or empty:
-            # Unknown: never a point, never an interval. Empty: nothing left to
-            # drain, so a flat line there says nothing about the catheter.
-            drain = drain.gap()
+        day = (stat.time or self.now).timestamp() / SECONDS_PER_DAY
+        window = t.flow_window_h / 24
+        if not obs_known or stat.res_ml is None:
+            drain = drain.gap(day, window)  # unknown: never a point, never an interval
         else:
             program, changed = self._program_change(
                 pump_id, program, stat.dose_mcg_day, stat.conc_mcg_ml, "STAT", stat.time
@@ -145,8 +142,10 @@ class _Step:
                 jumped = True
             if changed or reset:
                 drain = DrainWindow()
-            day = (stat.time or self.now).timestamp() / SECONDS_PER_DAY
-            drain = drain.add(day, stat.res_ml, t.flow_window_h / 24)
+            empty = stat.res_ml <= 0 or (stat.flags is not None and Flag.EMPTY in stat.flags)
+            # An empty reservoir has nothing left to drain: its flat line says
+            # nothing about the catheter, so it is no drain point either.
+            drain = drain.gap(day, window) if empty else drain.add(day, stat.res_ml, window)
             last_res = stat.res_ml
         measured = drain.rate_ml_per_day(t.flow_min_span_h / 24)
         obs = rules.Observation(stat, project(stat, measured, self.now))

@@ -65,21 +65,15 @@ class DrainWindow:
             segments.append(_Segment(origin=day, first=day, last=day))
         segments[-1] = replace(segments[-1].plus(day, volume_ml), last=day)
         points = (*self.points, (day, volume_ml))
-        # Forget readings older than the window; they belong to the oldest segments.
-        drop = 0
-        while points[drop][0] < day - window_days:
-            t, v = points[drop]
-            oldest = segments[0].plus(t, v, sign=-1)
-            drop += 1
-            if oldest.n == 0:
-                segments.pop(0)
-            else:
-                segments[0] = replace(oldest, first=points[drop][0])
-        return DrainWindow(points[drop:], tuple(segments), split=False)
+        return DrainWindow(*_forget_before(points, segments, day - window_days), split=False)
 
-    def gap(self) -> DrainWindow:
-        """An unknown reading: the interval across it is not used."""
-        return replace(self, split=True) if self.points else self
+    def gap(self, day: float, window_days: float) -> DrainWindow:
+        """A reading that is no drain point (unknown, or an empty reservoir):
+        the interval across it is not used, and time still moves the window."""
+        if not self.points:
+            return self
+        points, segments = _forget_before(self.points, list(self.segments), day - window_days)
+        return DrainWindow(points, segments, split=True)
 
     def rate_ml_per_day(self, min_span_days: float) -> float | None:
         """The measured drain rate (positive while draining), once established."""
@@ -89,3 +83,19 @@ class DrainWindow:
         if span < min_span_days - 1e-9 or sxx <= 0:
             return None
         return -sum(s.sxy for s in self.segments) / sxx
+
+
+def _forget_before(
+    points: tuple[tuple[float, float], ...], segments: list[_Segment], cutoff: float
+) -> tuple[tuple[tuple[float, float], ...], tuple[_Segment, ...]]:
+    """Drop readings older than ``cutoff``; they belong to the oldest segments."""
+    drop = 0
+    while drop < len(points) and points[drop][0] < cutoff:
+        t, v = points[drop]
+        oldest = segments[0].plus(t, v, sign=-1)
+        drop += 1
+        if oldest.n == 0:
+            segments.pop(0)
+        else:
+            segments[0] = replace(oldest, first=points[drop][0])
+    return points[drop:], tuple(segments)
