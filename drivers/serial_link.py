@@ -5,6 +5,13 @@ is noticed) and hands every chunk to ``sink``; when the port fails (cable
 pulled, programmer gone, node renamed) it closes it, reports why, and
 retries with a capped exponential backoff. Everything it learns goes to
 ``sink`` as ``PortOpened``, ``BytesRead`` or ``PortClosed``, in order.
+
+Liveness: before every call that may block (open, read, close, backoff wait)
+the thread promises when it will be back (``_beat``); ``overdue_s`` says how
+late it is. A thread wedged in a syscall (a USB-serial driver that never
+returns from ``read``) or dead shows up there, and the daemon then withholds
+systemd's watchdog ping. The thread names itself ``serial-reader`` at the OS
+level too (``ps -L``, ``top -H``, ``/proc/PID/task/*/comm``).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +32,8 @@ log = logging.getLogger("pumpgw.serial")
 READ_TIMEOUT_S = 1.0
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+OPEN_BUDGET_S = 10.0  # a pyserial URL (socket://, rfc2217://) may connect over TCP
+THREAD_NAME = "serial-reader"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +63,11 @@ class SerialLink:
         self._reopen = threading.Event()
         self._lock = threading.Lock()
         self._port: serial.SerialBase | None = None
-        self._thread = threading.Thread(target=self._run, name="serial-reader", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+        self._beat_due = time.monotonic() + OPEN_BUDGET_S
 
     def start(self) -> None:
+        self._beat(OPEN_BUDGET_S)
         self._thread.start()
 
     def stop(self) -> None:
@@ -65,6 +77,15 @@ class SerialLink:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    def overdue_s(self) -> float:
+        """How many seconds the reader thread is late for its next heartbeat
+        (0.0 while it keeps its promise; meaningful once started)."""
+        return max(0.0, time.monotonic() - self._beat_due)
+
+    def _beat(self, back_within_s: float) -> None:
+        """Heartbeat: alive now, and back here within ``back_within_s``."""
+        self._beat_due = time.monotonic() + back_within_s
 
     def reopen(self) -> None:
         """Close and reopen the port (e.g. the device stopped answering)."""
@@ -91,9 +112,11 @@ class SerialLink:
                 cancel()
 
     def _run(self) -> None:
+        _name_os_thread(THREAD_NAME)
         backoff = BACKOFF_START_S
         last_error = ""
         while not self._stop.is_set():
+            self._beat(OPEN_BUDGET_S)
             try:
                 port = serial.serial_for_url(
                     self.url, baudrate=self.baudrate, timeout=READ_TIMEOUT_S, exclusive=True
@@ -106,6 +129,7 @@ class SerialLink:
                     )
                     self._sink(PortClosed(f"cannot open {self.url}: {error}"))
                     last_error = error
+                self._beat(backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
@@ -115,6 +139,7 @@ class SerialLink:
             if not self._stop.is_set():
                 log_event(log, "serial_closed", logging.WARNING, port=self.url, reason=reason)
                 self._sink(PortClosed(reason))
+                self._beat(BACKOFF_START_S)
                 self._stop.wait(BACKOFF_START_S)
 
     def _read_until_failure(self, port: serial.SerialBase) -> str:
@@ -125,6 +150,7 @@ class SerialLink:
         self._sink(PortOpened(self.url))
         try:
             while not self._stop.is_set() and not self._reopen.is_set():
+                self._beat(READ_TIMEOUT_S)
                 data = port.read(getattr(port, "in_waiting", 0) or 1)
                 if data:
                     self._sink(BytesRead(data))
@@ -134,5 +160,15 @@ class SerialLink:
         finally:
             with self._lock:
                 self._port = None
+            self._beat(READ_TIMEOUT_S)
             with contextlib.suppress(serial.SerialException, OSError):
                 port.close()
+
+
+def _name_os_thread(name: str) -> None:
+    """Give the calling thread its name at the OS level (Linux; 15 bytes at most)."""
+    try:
+        with open("/proc/thread-self/comm", "w") as comm:
+            comm.write(name[:15])
+    except OSError as exc:  # not Linux, or /proc not mounted: only cosmetic
+        log_event(log, "thread_name_not_set", logging.DEBUG, thread=name, error=exc)

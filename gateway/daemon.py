@@ -4,13 +4,22 @@ The serial reader thread and paho's network thread only put values on
 ``inbox``; the main thread blocks on it (until the next deadline at the
 latest), feeds the sans-IO session and the pure engine, and publishes what
 they produce. All clinical state is touched by the main thread alone.
+
+Under systemd (``Type=notify``, see docs/systemd.md) the main loop also says
+``READY=1`` once the serial side has settled (handshake done, or its first
+attempt failed and retrying started), ``STATUS=`` on link and broker changes,
+and ``WATCHDOG=1`` only while the serial reader and paho's network thread are
+alive: a wedged thread, or a main loop that stops turning, misses the ping
+and systemd restarts the gateway.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import queue
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +55,7 @@ from gateway.mqtt_link import (
     PublishAcked,
 )
 from gateway.outbox import Outbox, Outgoing
+from gateway.sdnotify import Notifier
 
 log = logging.getLogger("pumpgw.daemon")
 
@@ -53,6 +63,11 @@ TICK_S = 1.0  # resolution of silence timeouts (telemetry, link)
 BATCH = 256  # inputs handled per outbox transaction when they arrive in a burst
 SHUTDOWN_FLUSH_S = 3.0  # how long a clean stop waits for the broker to take the rest
 OUTBOX_FILE = "outbox.sqlite3"
+# How late the serial reader's heartbeat may be (on top of the read timeout it
+# announced) before the watchdog ping is withheld. A late ping is harmless;
+# systemd acts only when pings stay away for WatchdogSec.
+READER_GRACE_S = 2.0
+UNHEALTHY_RECHECK_S = 1.0  # while a ping is withheld, look again this often
 
 
 def utc_now() -> datetime:
@@ -88,6 +103,7 @@ class Daemon:
         config_path: Path | None = None,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -113,6 +129,15 @@ class Daemon:
         self._next_tick = 0.0
         self._info_due: float | None = None
         self._published_counters: Counters | None = None
+        # systemd: READY once the serial side settled; STATUS on changes; WATCHDOG
+        self.notifier = Notifier() if notifier is None else notifier
+        self._settled: str | None = None  # why the start-up is over, once it is
+        self._ready = False
+        self._told_state: tuple[object, ...] | None = None
+        self._told_status = ""
+        self._watchdog_due: float | None = None
+        self._withheld: str | None = None  # the component a ping waits on
+        self._watch_mqtt_loop = False
 
     def _restore_state(self) -> engine.EngineState:
         fresh = engine.initial_state(self.config, self.started_at)
@@ -142,6 +167,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGHUP, lambda signum, frame: self.inbox.put(ReloadRequested()))
+        # systemd's watchdog ends a hung gateway with SIGABRT: leave every
+        # thread's stack in the journal first, so it says which one was stuck.
+        faulthandler.enable(all_threads=True)
 
     def run(self) -> int:
         cfg = self.config
@@ -153,13 +181,27 @@ class Daemon:
             serial_port=cfg.serial.port,
             broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}",
         )
+        self.notifier.status("starting: opening the serial port, connecting to the broker")
         self.mqtt.start()
+        self._watch_mqtt_loop = _mqtt_loop_alive(self.mqtt)
+        if not self._watch_mqtt_loop:
+            log_event(
+                log,
+                "watchdog_ignores_mqtt",
+                logging.WARNING,
+                reason="the MQTT network loop did not start",
+            )
         self.serial.start()
+        if self.notifier.watchdog_interval_s is not None:
+            self._watchdog_due = self.monotonic()  # first ping on the first turn
+            log_event(log, "watchdog_enabled", interval_s=self.notifier.watchdog_interval_s)
         self._feed(engine.Lifecycle(EventKind.GATEWAY_STARTED))
         while (stop := self._handle_batch()) is None:
             self._on_time_passed()
             self._commit()
+            self._tell_systemd()
         log_event(log, "gateway_stopping", why=stop.why)
+        self.notifier.stopping(f"stopping: {stop.why}")
         self._shutdown()
         return 0
 
@@ -201,11 +243,18 @@ class Daemon:
             deadlines.append(session_deadline)
         if self._info_due is not None:
             deadlines.append(self._info_due)
+        if self._watchdog_due is not None:
+            deadlines.append(self._watchdog_due)
         return max(0.0, min(deadlines) - now)
 
     def _on_time_passed(self) -> None:
         now = self.monotonic()
+        handshake_due = (
+            self.session.next_deadline() if self.session.phase is ses.Phase.HANDSHAKING else None
+        )
         self._session_events(self.session.tick(now))
+        if handshake_due is not None and now >= handshake_due:
+            self._settle("no HELLO in answer to ID; retrying")
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
             self._feed(engine.Tick())
@@ -231,6 +280,90 @@ class Daemon:
         self.mqtt.stop()
         self.outbox.close()
         log_event(log, "gateway_stopped", undelivered=self.outbox.rows)
+        self.notifier.close()
+
+    # --- systemd --------------------------------------------------------------------
+
+    def _settle(self, why: str) -> None:
+        """The serial side's start-up is over (for better or worse): READY is due."""
+        if self._settled is None:
+            self._settled = why
+
+    def _status_line(self) -> str:
+        link = "link up" if self.state.link_up else f"link down ({self.state.link_reason})"
+        if self.mqtt.connected:
+            broker = "broker connected"
+        elif self.mqtt.last_error is not None:
+            broker = f"broker disconnected ({self.mqtt.last_error})"
+        else:
+            broker = "broker connecting"
+        return f"{link}, {broker}, {self.outbox.rows} pending"
+
+    def _tell_systemd(self) -> None:
+        """READY once, STATUS when the link or the broker changed, and the
+        watchdog ping when due: after the commit, from the main loop only."""
+        if not self.notifier.enabled:
+            return
+        state = (
+            self.state.link_up,
+            self.state.link_reason,
+            self.mqtt.connected,
+            self.mqtt.last_error,
+        )
+        if not self._ready and self._settled is not None:
+            self._ready = True
+            status = self._status_line()
+            log_event(log, "sd_ready", why=self._settled, status=status)
+            self.notifier.ready(status)
+            self._told_state, self._told_status = state, status
+        elif self._ready and state != self._told_state:
+            status = self._status_line()
+            self.notifier.status(status)
+            self._told_state, self._told_status = state, status
+        now = self.monotonic()
+        if self._watchdog_due is not None and now >= self._watchdog_due:
+            self._watchdog(now)
+
+    def _watchdog(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval_s
+        assert interval is not None
+        problem = self._liveness_problem()
+        if problem is not None:
+            component, detail = problem
+            if component != self._withheld:
+                log_event(
+                    log,
+                    "watchdog_withheld",
+                    logging.ERROR,
+                    component=component,
+                    problem=detail,
+                    action="systemd restarts the gateway unless it recovers",
+                )
+                self._withheld = component
+            self._watchdog_due = now + min(interval, UNHEALTHY_RECHECK_S)
+            return
+        if self._withheld is not None:
+            log_event(log, "watchdog_resumed", component=self._withheld)
+            self._withheld = None
+        # The ping carries the status too when only the pending count moved.
+        status = self._status_line() if self._ready else self._told_status
+        if status != self._told_status:
+            self._told_status = status
+            self.notifier.watchdog(status)
+        else:
+            self.notifier.watchdog()
+        self._watchdog_due = now + interval
+
+    def _liveness_problem(self) -> tuple[str, str] | None:
+        """(component, what is wrong) when a thread the gateway needs is dead or stuck."""
+        if not self.serial.is_alive():
+            return "serial-reader", "the serial reader thread has exited"
+        late = self.serial.overdue_s()
+        if late > READER_GRACE_S:
+            return "serial-reader", f"the serial reader is {late:.1f} s late (stuck in a call?)"
+        if self._watch_mqtt_loop and not _mqtt_loop_alive(self.mqtt):
+            return "mqtt-loop", "the MQTT network thread has exited"
+        return None
 
     # --- inputs -------------------------------------------------------------------
 
@@ -242,6 +375,7 @@ class Daemon:
             case PortOpened():
                 self.session.connection_made(now)
             case PortClosed(reason=reason):
+                self._settle(f"serial: {reason}")
                 self._session_events(self.session.connection_lost(reason))
                 self._feed(engine.LinkChanged(False, reason))
                 self._info_now()
@@ -254,7 +388,11 @@ class Daemon:
             case CommandReceived(topic=topic, payload=payload):
                 self._command(topic, payload)
             case ReloadRequested():
+                if self._ready:
+                    self.notifier.reloading()
                 self._reload()
+                if self._ready:
+                    self.notifier.ready(self._status_line())
 
     def _reload(self) -> None:
         """New thresholds and pumps take effect at once; a bad file changes nothing."""
@@ -303,12 +441,14 @@ class Daemon:
                     )
                     self._feed(engine.LinkChanged(True, f"handshake with {hello.programmer_sn}"))
                     self._info_now()
+                    self._settle("handshake done")
                 case ses.LinkDown(reason=reason, reopen_port=reopen):
                     log_event(log, "link_down", logging.WARNING, reason=reason)
                     if reopen:
                         self.serial.reopen()
                     self._feed(engine.LinkChanged(False, reason))
                     self._info_now()
+                    self._settle(reason)
                 case ses.ProgrammerRestarted(hello=hello):
                     log_event(
                         log, "programmer_restarted", logging.WARNING, serial=hello.programmer_sn
@@ -426,6 +566,19 @@ class Daemon:
         )
         self._published_counters = counters
         self._info_due = None
+
+
+def _mqtt_loop_alive(link: MqttLink) -> bool:
+    """Whether paho's network thread (``loop_start``) is running.
+
+    MqttLink has no public liveness check, so this reads paho's private
+    ``Client._thread`` (None before ``loop_start`` and once ``loop_forever``
+    has returned; paho 2.x, pinned below 3 in pyproject.toml). If a paho
+    release renames it, the daemon logs ``watchdog_ignores_mqtt`` at start and
+    tests/test_systemd.py fails on that line.
+    """
+    thread = getattr(link._client, "_thread", None)
+    return isinstance(thread, threading.Thread) and thread.is_alive()
 
 
 def _log_event(ev: Event) -> None:
