@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 PUMP_ID_PATTERN = r"^[A-Z0-9-]{1,16}$"
 # A gateway id becomes an MQTT topic level: no wildcards, no separators.
@@ -50,15 +59,36 @@ class SerialSection(_Section):
     link_timeout_s: float = Field(default=30.0, gt=0, le=86400)
 
 
+MQTT_PORT = 1883
+MQTT_TLS_PORT = 8883
+
+
 class MqttSection(_Section):
-    host: str = Field(default="localhost", min_length=1)
-    port: int = Field(default=1883, ge=1, le=65535)
-    topic_prefix: str = Field(default="pumpgw", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    host: str = Field(default="localhost", min_length=1, max_length=253)
+    port: int = Field(default=MQTT_PORT, ge=1, le=65535)  # MQTT_TLS_PORT with tls = true
+    # Topic levels separated by '/': no wildcards ('+', '#'), no empty level.
+    topic_prefix: str = Field(
+        default="pumpgw", max_length=128, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+    )
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
-    username: str | None = None
+    username: str | None = Field(default=None, min_length=1, max_length=256)
     password_file: FilePath | None = None
+    # TLS: the broker's certificate is verified against ca_file (else the
+    # system's CAs) and must name mqtt.host; there is no way to turn that off.
+    tls: bool = False
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None  # client certificate, with key_file
+    key_file: FilePath | None = None  # unencrypted PEM (a daemon cannot ask for a passphrase)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     info_interval_s: float = Field(default=10.0, gt=0, le=3600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data: Any) -> Any:
+        """Without an explicit port, TLS uses MQTT's TLS port."""
+        if isinstance(data, dict) and data.get("tls") is True and "port" not in data:
+            return {**data, "port": MQTT_TLS_PORT}
+        return data
 
 
 class _ThresholdFields(_Section):
@@ -175,7 +205,80 @@ def _semantic_problems(config: Config) -> list[Problem]:
         problems.append(Problem("mqtt.password_file", f"no such file: {pw}"))
     if pw is not None and config.mqtt.username is None:
         problems.append(Problem("mqtt.password_file", "set mqtt.username too"))
+    return problems + _tls_problems(config.mqtt)
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKey
+
+
+def ssl_error_text(exc: ssl.SSLError) -> str:
+    """OpenSSL's words without the ``[LIB: CODE]`` prefix and ``(_ssl.c:NNN)`` suffix."""
+    text = re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(exc))
+    return text or str(exc)
+
+
+def _tls_problems(mq: MqttSection) -> list[Problem]:
+    """TLS keys and files, read now so a bad file is a config error, not a
+    broker link that never comes up."""
+    files = {"ca_file": mq.ca_file, "cert_file": mq.cert_file, "key_file": mq.key_file}
+    if not mq.tls:
+        return [
+            Problem(f"mqtt.{key}", "only used with TLS: set mqtt.tls = true too")
+            for key, path in files.items()
+            if path is not None
+        ]
+    problems = []
+    if (mq.cert_file is None) != (mq.key_file is None):
+        given, missing = (
+            ("cert_file", "key_file") if mq.key_file is None else ("key_file", "cert_file")
+        )
+        problems.append(
+            Problem(f"mqtt.{given}", f"set mqtt.{missing} too (a client certificate needs its key)")
+        )
+    for key, path in files.items():
+        if path is not None and not path.is_file():
+            problems.append(Problem(f"mqtt.{key}", f"no such file: {path}"))
+    if problems:
+        return problems
+    if mq.ca_file is not None:
+        problems += _pem_certificate_problems("mqtt.ca_file", mq.ca_file)
+    if mq.cert_file is not None and mq.key_file is not None:
+        cert_problems = _pem_certificate_problems("mqtt.cert_file", mq.cert_file)
+        problems += cert_problems or _key_problems(mq.cert_file, mq.key_file)
     return problems
+
+
+def _pem_certificate_problems(key: str, path: Path) -> list[Problem]:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        return [Problem(key, f"no usable PEM certificate in {path}: {ssl_error_text(exc)}")]
+    except OSError as exc:
+        return [Problem(key, f"cannot read {path}: {exc.strerror or exc}")]
+    return []
+
+
+def _key_problems(cert_file: Path, key_file: Path) -> list[Problem]:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            cert_file, key_file, password=_no_passphrase
+        )
+    except _EncryptedKey:
+        message = f"{key_file} is encrypted; the gateway cannot ask for a passphrase"
+        return [Problem("mqtt.key_file", message)]
+    except ssl.SSLError as exc:
+        reason = ssl_error_text(exc)
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return [Problem("mqtt.key_file", f"{key_file} is not the key of {cert_file}")]
+        return [Problem("mqtt.key_file", f"no usable PEM private key in {key_file}: {reason}")]
+    except OSError as exc:
+        return [Problem("mqtt.key_file", f"cannot read {key_file}: {exc.strerror or exc}")]
+    return []
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
@@ -221,6 +324,29 @@ def load_config(path: Path) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [Problem("(syntax)", str(exc))]) from None
     return parse_config(data, source)
+
+
+# Secret files nobody but the gateway's user should be able to open.
+_SECRET_FILE_KEYS = ("password_file", "key_file")
+
+
+def exposed_secret_files(config: Config) -> list[tuple[str, Path, int]]:
+    """``(key, path, mode)`` of each secret file that group or others may access.
+
+    The daemon logs a warning for each at start-up (never the contents).
+    """
+    exposed = []
+    for name in _SECRET_FILE_KEYS:
+        path: Path | None = getattr(config.mqtt, name)
+        if path is None:
+            continue
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            continue  # reading it fails loudly elsewhere
+        if mode & 0o077:
+            exposed.append((f"mqtt.{name}", path, mode))
+    return exposed
 
 
 def read_password(config: Config) -> str | None:

@@ -78,6 +78,10 @@ def test_defaults() -> None:
     assert config.mqtt.topic_prefix == "pumpgw"
     assert config.mqtt.username is None
     assert config.mqtt.password_file is None
+    assert config.mqtt.tls is False
+    assert config.mqtt.ca_file is None
+    assert config.mqtt.cert_file is None
+    assert config.mqtt.key_file is None
     assert config.mqtt.keepalive_s == 30
     assert config.mqtt.info_interval_s == 10.0
     assert config.client_id == f"pumpgw-{config.gateway.id}"
@@ -258,6 +262,13 @@ def test_required_keys(data: dict[str, Any], key: str) -> None:
             id="per-pump-type",
         ),
         pytest.param(with_(pumps={"PMP-0001": 5}), 'pumps."PMP-0001"', id="pump-not-a-table"),
+        pytest.param(with_(mqtt={"tls": "yes"}), "mqtt.tls", id="tls-str"),
+        pytest.param(with_(mqtt={"tls": 1}), "mqtt.tls", id="tls-int"),
+        pytest.param(with_(mqtt={"ca_file": 5}), "mqtt.ca_file", id="ca-file-int"),
+        pytest.param(with_(mqtt={"username": ""}), "mqtt.username", id="username-empty"),
+        pytest.param(
+            with_(mqtt={"topic_prefix": "p" * 129}), "mqtt.topic_prefix", id="prefix-long"
+        ),
         pytest.param(with_(pumps=[]), "pumps", id="pumps-not-a-table"),
         pytest.param(with_(thresholds=5), "thresholds", id="section-not-a-table"),
     ],
@@ -363,6 +374,59 @@ def test_invalid_pump_id_key_is_a_plain_dotted_key() -> None:
 def test_valid_pump_ids(pump_id: str) -> None:
     config = parse_config(with_(pumps={pump_id: {}}))
     assert pump_id in config.pumps
+
+
+# --- topic levels: nothing from the config can widen a subscription or add a level ---------
+
+
+@pytest.mark.parametrize("gateway_id", ["bed+12", "bed#", "+", "#", "bed/12", "/", "", "b" * 65])
+def test_gateway_id_is_one_topic_level(gateway_id: str) -> None:
+    assert keys_of(with_(gateway={"id": gateway_id})) == ["gateway.id"]
+
+
+@pytest.mark.parametrize(
+    "prefix", ["+", "#", "a/+", "a/#", "clinic+", "a//b", "a/", "/a", "", "a b", "a/\u00e9"]
+)
+def test_topic_prefix_has_no_wildcards_or_empty_levels(prefix: str) -> None:
+    assert keys_of(with_(mqtt={"topic_prefix": prefix})) == ["mqtt.topic_prefix"]
+
+
+@pytest.mark.parametrize("prefix", ["pumpgw", "clinic/ward-3", "a.b/c_d/e-f", "p" * 128])
+def test_topic_prefix_may_have_several_levels(prefix: str) -> None:
+    assert parse_config(with_(mqtt={"topic_prefix": prefix})).mqtt.topic_prefix == prefix
+
+
+@pytest.mark.parametrize("pump_id", ["PMP+1", "PMP#1", "PMP/1", "+", "#"])
+def test_pump_id_keys_with_topic_characters_are_refused(pump_id: str) -> None:
+    (problem,) = problems_of(with_(pumps={pump_id: {}}))
+    assert "[A-Z0-9-]{1,16}" in problem.message
+
+
+# --- mqtt tls (the files themselves: tests/test_tls.py) --------------------------------------
+
+
+def test_tls_uses_port_8883_unless_told_otherwise() -> None:
+    assert parse_config(with_(mqtt={"tls": True})).mqtt.port == 8883
+    assert parse_config(with_(mqtt={"tls": True, "port": 1884})).mqtt.port == 1884
+    assert parse_config(with_(mqtt={"tls": False})).mqtt.port == 1883
+
+
+def test_tls_file_keys_need_tls_and_files_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.pem"
+    problems = problems_of(with_(mqtt={"ca_file": str(missing)}))
+    assert [(p.key, p.message) for p in problems] == [
+        ("mqtt.ca_file", "only used with TLS: set mqtt.tls = true too")
+    ]
+    problems = problems_of(
+        with_(mqtt={"tls": True, "ca_file": str(missing)}), "/etc/pumpgw/gateway.toml"
+    )
+    assert [(p.key, p.message) for p in problems] == [("mqtt.ca_file", f"no such file: {missing}")]
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_(mqtt={"tls": True, "cert_file": str(missing)}), "gw.toml")
+    assert info.value.render().splitlines() == [
+        "gw.toml: mqtt.cert_file: set mqtt.key_file too (a client certificate needs its key)",
+        f"gw.toml: mqtt.cert_file: no such file: {missing}",
+    ]
 
 
 # --- mqtt password file ---------------------------------------------------------------------
