@@ -19,7 +19,6 @@ import faulthandler
 import logging
 import queue
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,7 +182,7 @@ class Daemon:
         )
         self.notifier.status("starting: opening the serial port, connecting to the broker")
         self.mqtt.start()
-        self._watch_mqtt_loop = _mqtt_loop_alive(self.mqtt)
+        self._watch_mqtt_loop = self.mqtt.loop_alive()
         if not self._watch_mqtt_loop:
             log_event(
                 log,
@@ -361,7 +360,7 @@ class Daemon:
         late = self.serial.overdue_s()
         if late > READER_GRACE_S:
             return "serial-reader", f"the serial reader is {late:.1f} s late (stuck in a call?)"
-        if self._watch_mqtt_loop and not _mqtt_loop_alive(self.mqtt):
+        if self._watch_mqtt_loop and not self.mqtt.loop_alive():
             return "mqtt-loop", "the MQTT network thread has exited"
         return None
 
@@ -566,19 +565,6 @@ class Daemon:
         )
         self._published_counters = counters
         self._info_due = None
-
-
-def _mqtt_loop_alive(link: MqttLink) -> bool:
-    """Whether paho's network thread (``loop_start``) is running.
-
-    MqttLink has no public liveness check, so this reads paho's private
-    ``Client._thread`` (None before ``loop_start`` and once ``loop_forever``
-    has returned; paho 2.x, pinned below 3 in pyproject.toml). If a paho
-    release renames it, the daemon logs ``watchdog_ignores_mqtt`` at start and
-    tests/test_systemd.py fails on that line.
-    """
-    thread = getattr(link._client, "_thread", None)
-    return isinstance(thread, threading.Thread) and thread.is_alive()
 
 
 def _log_event(ev: Event) -> None:

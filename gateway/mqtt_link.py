@@ -160,6 +160,18 @@ class MqttLink:
         self._client.connect_async(mq.host, mq.port, keepalive=mq.keepalive_s)
         self._client.loop_start()
 
+    def loop_alive(self) -> bool:
+        """Whether paho's network thread (``loop_start``) is running.
+
+        paho has no public liveness check, so this reads its private
+        ``Client._thread`` (None before ``loop_start`` and once the loop has
+        returned; paho 2.x, pinned below 3 in pyproject.toml). If a paho
+        release renames it, the daemon logs ``watchdog_ignores_mqtt`` at start
+        and tests/test_systemd.py fails on that line.
+        """
+        thread = getattr(self._client, "_thread", None)
+        return isinstance(thread, threading.Thread) and thread.is_alive()
+
     def publish(self, topic: str, payload: bytes, retain: bool) -> mqtt.MQTTMessageInfo:
         """QoS 1; ``PublishAcked(mid)`` follows the broker's PUBACK. paho keeps
         a message it has taken in memory and resends it after a reconnect."""
