@@ -1,4 +1,4 @@
-"""``pumpgw``: run, simulate, check-config, demo.
+"""``pumpgw``: run, simulate, check-config, demo, watch.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
 Bad input gives a one-line reason per problem, never a traceback.
@@ -74,8 +74,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(speed=args.speed, duration_s=args.duration, broker=args.broker)
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from gateway.watch import run_watch
+
+    return run_watch(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from drivers.simulator.cli import OneLineErrorParser, add_simulate_arguments
+    from gateway.watch import add_watch_arguments
 
     parser = OneLineErrorParser(
         prog="pumpgw",
@@ -112,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="mosquitto when installed (default), else the embedded amqtt broker",
     )
     demo.set_defaults(func=cmd_demo)
+
+    watch = sub.add_parser(
+        "watch",
+        help="live view of every gateway and pump on a broker; acknowledge alerts",
+        description="Live view of every gateway and pump publishing on a broker, alerts "
+        "coloured by severity. Type `ack <alert id> <your name> [note]` + Enter to "
+        "acknowledge; q quits.",
+    )
+    add_watch_arguments(watch)
+    watch.set_defaults(func=cmd_watch)
     return parser
 
 

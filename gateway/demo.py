@@ -10,20 +10,19 @@ Everything it started is stopped on the way out.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.broker import LocalBroker
+from gateway.watch import LiveFeed, RenderOptions, Screen, WatchState
 
 GATEWAY_ID = "demo-bed"
 PREFIX = "pumpgw"
@@ -34,14 +33,6 @@ DEMO_PUMPS = {
     "PMP-0004": ("normal", "Bed 4"),
     "PMP-0005": ("over-infusion", "Bed 5"),
 }
-RED, YELLOW, GREEN, DIM, BOLD, RESET = (
-    "\033[31m",
-    "\033[33m",
-    "\033[32m",
-    "\033[2m",
-    "\033[1m",
-    "\033[0m",
-)
 
 
 def demo_config(port: str, broker_port: int, state_dir: Path) -> str:
@@ -66,89 +57,6 @@ info_interval_s = 2
 {pumps}"""
 
 
-class LiveView:
-    """What the broker says, kept for drawing (fed from paho's thread)."""
-
-    def __init__(self, out: IO[str]) -> None:
-        self.out = out
-        self.tty = out.isatty()
-        self.lock = threading.Lock()
-        self.changed = threading.Event()
-        self.status = "?"
-        self.info: dict[str, Any] = {}
-        self.pumps: dict[str, dict[str, Any]] = {}
-        self.alerts: dict[tuple[str, str], dict[str, Any]] = {}
-        self.events: deque[str] = deque(maxlen=12)
-
-    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        parts = msg.topic.split("/")[2:]
-        with self.lock:
-            if parts == ["status"]:
-                self.status = msg.payload.decode()
-            elif parts == ["info"]:
-                self.info = json.loads(msg.payload)
-            elif len(parts) == 3 and parts[0] == "pumps" and parts[2] == "state":
-                self.pumps[parts[1]] = json.loads(msg.payload)
-            elif len(parts) == 4 and parts[2] == "alerts":
-                self.alerts[(parts[1], parts[3])] = json.loads(msg.payload)
-            elif parts == ["events"]:
-                line = self._event_line(json.loads(msg.payload))
-                self.events.append(line)
-                if not self.tty:
-                    print(line, file=self.out, flush=True)
-        self.changed.set()
-
-    @staticmethod
-    def _event_line(ev: dict[str, Any]) -> str:
-        at = ev["at"][11:19]
-        alert = ev.get("alert")
-        if alert:
-            return (
-                f"{at} {ev['kind']:<19} {alert['pump_id']:<9} {alert['type']:<15} "
-                f"{alert['severity']:<8} {alert['message']}"
-            )
-        return f"{at} {ev['kind']:<19} {ev.get('pump_id') or '':<9} {ev.get('detail') or ''}"
-
-    def draw(self) -> None:
-        if not self.tty:
-            return
-        with self.lock:
-            lines = [
-                f"{BOLD}pumpgw demo{RESET}  gateway {GATEWAY_ID}: {self.status}, "
-                f"programmer link {self.info.get('link', '?')}, "
-                f"counters {self.info.get('counters', {})}",
-                "",
-            ]
-            lines.append(
-                f"{'pump':<9} {'label':<6} {'device time':<20} {'reservoir':>9} "
-                f"{'to alarm':>9} {'battery':>7}  flags / alerts"
-            )
-            for pid in sorted(self.pumps):
-                lines.append(self._pump_line(pid, self.pumps[pid]))
-            lines += ["", f"{BOLD}events{RESET}", *self.events, "", f"{DIM}Ctrl-C stops{RESET}"]
-        self.out.write("\033[H\033[2J" + "\n".join(lines) + "\n")
-        self.out.flush()
-
-    def _pump_line(self, pid: str, st: dict[str, Any]) -> str:
-        def num(value: Any, unit: str) -> str:
-            return "?" if value is None else f"{value:g}{unit}"
-
-        active = [a for (p, _), a in self.alerts.items() if p == pid and a["state"] != "cleared"]
-        tags = [
-            f"{RED if a['severity'] == 'critical' else YELLOW}{a['type']}:{a['severity']}"
-            f"{'(ack)' if a['state'] == 'acknowledged' else ''}{RESET}"
-            for a in sorted(active, key=lambda a: a["severity"] != "critical")
-        ]
-        flags = ",".join(st.get("flags") or [])
-        return (
-            f"{pid:<9} {st.get('label') or '':<6} {st.get('device_time') or '?':<20} "
-            f"{num(st['reservoir_ml'], ' mL'):>9} "
-            f"{num(st['days_to_low_reservoir_alarm'], ' d'):>9} "
-            f"{num(st['battery_pct'], '%'):>7}  {DIM}{flags}{RESET} "
-            + (" ".join(tags) or f"{GREEN}ok{RESET}")
-        )
-
-
 def _stop(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -170,7 +78,11 @@ def run_demo(speed: float, duration_s: float | None, broker: str = "mosquitto") 
 def _demo(speed: float, duration_s: float | None, prefer: str) -> int:
     stop = threading.Event()
     workdir = Path(tempfile.mkdtemp(prefix="pumpgw-demo-"))
-    view = LiveView(sys.stdout)
+    feed = LiveFeed(WatchState(PREFIX), f"{PREFIX}/{GATEWAY_ID}/#")
+    view = RenderOptions(
+        title="pumpgw demo", color=True, device_time=True, footer=("Ctrl-C stops",)
+    )
+    screen = Screen(sys.stdout, view)  # a terminal is redrawn; a pipe gets one line per event
     with contextlib.ExitStack() as stack:
         endpoint = stack.enter_context(LocalBroker(prefer=prefer)).start()
         print(f"broker: {endpoint.kind} on {endpoint.host}:{endpoint.port}", flush=True)
@@ -196,8 +108,7 @@ def _demo(speed: float, duration_s: float | None, prefer: str) -> int:
         print(f"simulator on {port}; gateway logs in {workdir}", flush=True)
 
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pumpgw-demo-view")
-        client.on_message = view.on_message
-        client.on_connect = lambda c, *_: c.subscribe(f"{PREFIX}/{GATEWAY_ID}/#", qos=1)
+        feed.attach(client)
         client.connect(endpoint.host, endpoint.port)
         client.loop_start()
         stack.callback(client.loop_stop)
@@ -212,9 +123,7 @@ def _demo(speed: float, duration_s: float | None, prefer: str) -> int:
                 if gateway.poll() is not None:
                     print(f"gateway exited ({gateway.returncode}); see {workdir}", file=sys.stderr)
                     return 1
-                if view.changed.is_set():
-                    view.changed.clear()
-                    view.draw()
+                screen.update(feed)
         finally:
             print(f"demo stopping; logs kept in {workdir}", flush=True)
     return 0
