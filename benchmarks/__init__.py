@@ -1,0 +1,1 @@
+"""pumpgw benchmarks: ``python -m benchmarks`` (see benchmarks/README.md)."""
