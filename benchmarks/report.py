@@ -160,6 +160,20 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     verdict,
                 )
             )
+        goal, verdict = _goal(tp, 1)
+        steady, alerts = tp["daemon"]["steady"], tp["daemon"]["alerts"]
+        out.append(
+            (
+                "throughput: frames the daemon lost / discarded under the blast (steady; alerts)",
+                f"{steady['frames_lost']} / {steady['frames_discarded']}; "
+                f"{alerts['frames_lost']} / {alerts['frames_discarded']}",
+                "the daemon's own counters (seq gaps, bad CRC); the same blast through the "
+                f"raw relay: {tp['raw_relay']['lost']} of {tp['raw_relay']['frames']} lost, "
+                f"{_rate(tp['raw_relay']['frames_per_s'])}",
+                goal,
+                verdict,
+            )
+        )
         out.append(("throughput: one outbox commit (fsync)", _ms(tp["outbox_commit"]), NA, NA, NA))
         for mix, cost in tp.get("reading_cost_us", {}).items():
             label = "steady reading" if mix == "steady" else "alert reading"

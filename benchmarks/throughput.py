@@ -11,7 +11,10 @@
   subscriber holds the last reading's ``state`` of every pump (``steady``:
   4 pumps, no alert) or the last alert transition (``alerts``: every
   reading raises or clears ``reservoir_low``, so every reading costs durable
-  alert and event rows that are never coalesced).
+  alert and event rows that are never coalesced). The daemon's own counters
+  (``frames_lost``, ``frames_discarded`` in ``info``) must stay 0.
+* ``raw_relay``: the steady blast through ``benchmarks/relay.py``: the rate
+  of a relay that does nothing, and proof that the pty delivers every byte.
 * ``reading_cost_us``: one reading at a time, one commit each (the latency
   benchmark's case): microseconds per reading spent decoding, in the engine,
   building the JSON payloads, dumping the engine snapshot and in the outbox
@@ -36,10 +39,13 @@ from typing import Any
 from benchmarks.common import (
     LOOPBACK,
     PROGRAMMER_HELLO,
+    PYTHON,
     BenchError,
     Broker,
+    Child,
     CpuMeter,
     FakeProgrammer,
+    FrameMatcher,
     Recorder,
     log,
     now_ns,
@@ -372,10 +378,57 @@ def daemon_end_to_end(broker: Broker, workdir: Path, n: int, mix: str) -> dict[s
         "alert_transitions": tally.transitions if mix == "alerts" else None,
         "messages_received": tally.messages,
         "daemon_counters": counters,
+        # Should both be 0: the pty delivers every byte (the raw relay shows it).
+        "frames_lost": counters.get("frames_lost"),
+        "frames_discarded": counters.get("frames_discarded"),
         "daemon_cpu": load,
         "daemon_rss_kb": mem.get("VmRSS"),
         "daemon_peak_rss_kb": mem.get("VmHWM"),
         "daemon_exit_code": rc,
+    }
+
+
+def relay_blast(broker: Broker, workdir: Path, n: int) -> dict[str, Any]:
+    """The same blast through the raw relay: its rate, and that the pty loses nothing."""
+    topic = f"{PREFIX}/relay-blast/raw"
+    matcher = FrameMatcher()
+    with FakeProgrammer() as prog, Recorder(broker.port, [topic], matcher.on_message):
+        relay = Child(
+            [
+                PYTHON,
+                "-m",
+                "benchmarks.relay",
+                "--port",
+                prog.path,
+                "--mqtt-port",
+                str(broker.port),
+                "--topic",
+                topic,
+            ],
+            workdir / "relay-blast.log",
+        )
+        try:
+            relay.wait_for(r"relay_ready", 30)
+            time.sleep(0.2)
+            first = prog.next_seq()
+            data = frames(n, "steady", first_seq=first)
+            for _ in range(n - 1):
+                prog.next_seq()
+            last = (first + n - 1) % 65536
+            t0 = prog.write(b"".join(data))
+            t_last = matcher.wait_seq(last, 120)
+            time.sleep(0.5)
+        finally:
+            relay.stop()
+    received = sum(1 for i in range(n) if (first + i) % 65536 in matcher.arrived)
+    seconds = (t_last - t0) / 1e9 if t_last is not None else float("nan")
+    return {
+        "frames": n,
+        "received": received,
+        "lost": n - received,
+        "seconds": round(seconds, 3),
+        "frames_per_s": _rate(n, seconds),
+        "messages": matcher.counts()["messages"],
     }
 
 
@@ -402,11 +455,14 @@ def run(broker: Broker, workdir: Path, n_steady: int, n_alerts: int) -> dict[str
         mix: daemon_end_to_end(broker, workdir / f"daemon-{mix}", n, mix)
         for mix, n in sizes.items()
     }
+    log("throughput: the same blast through the raw relay")
+    result["raw_relay"] = relay_blast(broker, workdir, n_steady)
     e2e = result["daemon"]["steady"]["readings_per_s"]
     e2e_alerts = result["daemon"]["alerts"]["readings_per_s"]
     result["ratios"] = {
         "daemon_steady_over_115200_line": round(e2e / LINE_FRAMES_PER_S, 1),
         "daemon_alerts_over_115200_line": round(e2e_alerts / LINE_FRAMES_PER_S, 1),
+        "daemon_steady_over_raw_relay": round(e2e / result["raw_relay"]["frames_per_s"], 3),
     }
     result["goals"] = [
         {
@@ -415,6 +471,17 @@ def run(broker: Broker, workdir: Path, n_steady: int, n_alerts: int) -> dict[str
             "met": e2e >= 5000,
         }
     ]
+    lost = {
+        mix: (d["frames_lost"] or 0) + (d["frames_discarded"] or 0)
+        for mix, d in result["daemon"].items()
+    }
+    result["goals"].append(
+        {
+            "goal": "check (not an issue goal): the daemon loses no frame under the blast",
+            "measured": lost,
+            "met": not any(lost.values()),
+        }
+    )
     result["notes"] = [
         "the goal is judged on steady readings; 'alerts' (every reading one alert "
         "transition, ~3.5 durable messages each) is the worst case, shown for scale"

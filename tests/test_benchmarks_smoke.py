@@ -92,6 +92,9 @@ def test_throughput(tmp_path: Path) -> None:
             assert number(result[part][mix]["readings_per_s"]) > 0
     assert result["daemon"]["alerts"]["alert_transitions"] == result["daemon"]["alerts"]["readings"]
     stats(result["outbox_commit"])
+    for mix in ("steady", "alerts"):
+        assert isinstance(result["daemon"][mix]["frames_lost"], int)
+    assert result["raw_relay"]["received"] > 0
 
 
 def test_recovery(tmp_path: Path) -> None:
