@@ -208,14 +208,15 @@ class Daemon:
         """Block until something arrives or a deadline is due; then take what
         else is already waiting, up to BATCH, so a burst shares one commit."""
         try:
-            item: DaemonInput | None = self.inbox.get(timeout=self._wait_s())
+            item = self.inbox.get(timeout=self._wait_s())
         except queue.Empty:
             return None
-        for _ in range(BATCH):
+        for taken in range(1, BATCH + 1):
             if isinstance(item, StopRequested):
                 return item
-            assert item is not None
             self._handle(item)
+            if taken == BATCH:
+                break  # the rest waits in the queue for the next batch
             try:
                 item = self.inbox.get_nowait()
             except queue.Empty:
