@@ -215,26 +215,19 @@ def sample_raw_stream(
     return out, timeouts
 
 
+def start_relay(port: str, broker: Broker, topic: str, log_path: Path) -> Child:
+    """The raw relay baseline (benchmarks/relay.py) on ``port``, publishing to ``topic``."""
+    args = ["--port", port, "--mqtt-port", str(broker.port), "--topic", topic]
+    return Child([PYTHON, "-m", "benchmarks.relay", *args], log_path)
+
+
 def measure_relay(
     broker: Broker, workdir: Path, samples: int, warmup: int, gap_s: float
 ) -> dict[str, Any]:
     topic = f"{PREFIX}/relay/raw"
     matcher = FrameMatcher()
     with FakeProgrammer() as prog, Recorder(broker.port, [topic], matcher.on_message):
-        relay = Child(
-            [
-                PYTHON,
-                "-m",
-                "benchmarks.relay",
-                "--port",
-                prog.path,
-                "--mqtt-port",
-                str(broker.port),
-                "--topic",
-                topic,
-            ],
-            workdir / "relay.log",
-        )
+        relay = start_relay(prog.path, broker, topic, workdir / "relay.log")
         try:
             relay.wait_for(r"relay_ready", 30)
             time.sleep(0.2)

@@ -39,10 +39,8 @@ from typing import Any
 from benchmarks.common import (
     LOOPBACK,
     PROGRAMMER_HELLO,
-    PYTHON,
     BenchError,
     Broker,
-    Child,
     CpuMeter,
     FakeProgrammer,
     FrameMatcher,
@@ -54,7 +52,7 @@ from benchmarks.common import (
     stat_frame,
     summarize_ms,
 )
-from benchmarks.latency import alert_value
+from benchmarks.latency import alert_value, start_relay
 from drivers import session as ses
 from drivers.ptp import Stat, StreamDecoder, encode
 from gateway import engine
@@ -393,20 +391,7 @@ def relay_blast(broker: Broker, workdir: Path, n: int) -> dict[str, Any]:
     topic = f"{PREFIX}/relay-blast/raw"
     matcher = FrameMatcher()
     with FakeProgrammer() as prog, Recorder(broker.port, [topic], matcher.on_message):
-        relay = Child(
-            [
-                PYTHON,
-                "-m",
-                "benchmarks.relay",
-                "--port",
-                prog.path,
-                "--mqtt-port",
-                str(broker.port),
-                "--topic",
-                topic,
-            ],
-            workdir / "relay-blast.log",
-        )
+        relay = start_relay(prog.path, broker, topic, workdir / "relay-blast.log")
         try:
             relay.wait_for(r"relay_ready", 30)
             time.sleep(0.2)
