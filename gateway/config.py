@@ -30,6 +30,8 @@ PUMP_ID_PATTERN = r"^[A-Z0-9-]{1,16}$"
 # A gateway id becomes an MQTT topic level: no wildcards, no separators.
 TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 TopicLevel = Annotated[str, StringConstraints(pattern=TOPIC_LEVEL_PATTERN)]
+# A topic prefix: levels separated by '/', no wildcards ('+', '#'), no empty level.
+TOPIC_PREFIX_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 
 
 def default_gateway_id() -> str:
@@ -66,10 +68,7 @@ MQTT_TLS_PORT = 8883
 class MqttSection(_Section):
     host: str = Field(default="localhost", min_length=1, max_length=253)
     port: int = Field(default=MQTT_PORT, ge=1, le=65535)  # MQTT_TLS_PORT with tls = true
-    # Topic levels separated by '/': no wildcards ('+', '#'), no empty level.
-    topic_prefix: str = Field(
-        default="pumpgw", max_length=128, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
-    )
+    topic_prefix: str = Field(default="pumpgw", max_length=128, pattern=TOPIC_PREFIX_PATTERN)
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     username: str | None = Field(default=None, min_length=1, max_length=256)
     password_file: FilePath | None = None
