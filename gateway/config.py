@@ -30,6 +30,8 @@ PUMP_ID_PATTERN = r"^[A-Z0-9-]{1,16}$"
 # A gateway id becomes an MQTT topic level: no wildcards, no separators.
 TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 TopicLevel = Annotated[str, StringConstraints(pattern=TOPIC_LEVEL_PATTERN)]
+# Topic levels separated by '/': no wildcards ('+', '#'), no empty level.
+TOPIC_PATH_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 # A topic prefix: levels separated by '/', no wildcards ('+', '#'), no empty level.
 TOPIC_PREFIX_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 
@@ -90,6 +92,16 @@ class MqttSection(_Section):
         return data
 
 
+class HomeAssistantSection(_Section):
+    """Home Assistant MQTT discovery (docs/homeassistant.md); off unless enabled."""
+
+    enabled: bool = False
+    # Home Assistant's own discovery prefix setting (its default is "homeassistant").
+    discovery_prefix: str = Field(
+        default="homeassistant", max_length=128, pattern=TOPIC_PATH_PATTERN
+    )
+
+
 class _ThresholdFields(_Section):
     """Alert thresholds; every one can be overridden per pump."""
 
@@ -135,6 +147,7 @@ class Config(_Section):
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     serial: SerialSection
     mqtt: MqttSection = Field(default_factory=MqttSection)
+    homeassistant: HomeAssistantSection = Field(default_factory=HomeAssistantSection)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     pumps: dict[Annotated[str, StringConstraints(pattern=PUMP_ID_PATTERN)], PumpSection] = Field(
         default_factory=dict

@@ -85,6 +85,8 @@ def test_defaults() -> None:
     assert config.mqtt.keepalive_s == 30
     assert config.mqtt.info_interval_s == 10.0
     assert config.client_id == f"pumpgw-{config.gateway.id}"
+    assert config.homeassistant.enabled is False
+    assert config.homeassistant.discovery_prefix == "homeassistant"
     assert config.thresholds.model_dump() == {
         "reservoir_warning_ml": 5.0,
         "reservoir_critical_ml": 2.0,
@@ -269,6 +271,15 @@ def test_required_keys(data: dict[str, Any], key: str) -> None:
         pytest.param(
             with_(mqtt={"topic_prefix": "p" * 129}), "mqtt.topic_prefix", id="prefix-long"
         ),
+        pytest.param(
+            with_(homeassistant={"enabled": "yes"}), "homeassistant.enabled", id="ha-enabled-str"
+        ),
+        pytest.param(
+            with_(homeassistant={"discovery_prefix": "ha/+"}),
+            "homeassistant.discovery_prefix",
+            id="ha-prefix-wildcard",
+        ),
+        pytest.param(with_(homeassistant=True), "homeassistant", id="ha-not-a-table"),
         pytest.param(with_(pumps=[]), "pumps", id="pumps-not-a-table"),
         pytest.param(with_(thresholds=5), "thresholds", id="section-not-a-table"),
     ],
@@ -394,6 +405,25 @@ def test_topic_prefix_has_no_wildcards_or_empty_levels(prefix: str) -> None:
 @pytest.mark.parametrize("prefix", ["pumpgw", "clinic/ward-3", "a.b/c_d/e-f", "p" * 128])
 def test_topic_prefix_may_have_several_levels(prefix: str) -> None:
     assert parse_config(with_(mqtt={"topic_prefix": prefix})).mqtt.topic_prefix == prefix
+
+
+@pytest.mark.parametrize("prefix", ["#", "+", "ha/#", "a//b", "/ha", "ha/", "", "h a", "h" * 129])
+def test_discovery_prefix_has_no_wildcards_or_empty_levels(prefix: str) -> None:
+    problems = problems_of(with_(homeassistant={"enabled": True, "discovery_prefix": prefix}))
+    assert [p.key for p in problems] == ["homeassistant.discovery_prefix"]
+
+
+@pytest.mark.parametrize("prefix", ["homeassistant", "ha", "clinic/ha", "a.b/c_d-e"])
+def test_discovery_prefix_may_have_several_levels(prefix: str) -> None:
+    config = parse_config(with_(homeassistant={"enabled": True, "discovery_prefix": prefix}))
+    assert config.homeassistant.enabled is True
+    assert config.homeassistant.discovery_prefix == prefix
+
+
+def test_homeassistant_typo_is_rendered_as_file_key_message() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_(homeassistant={"enable": True}), "gw.toml")
+    assert info.value.render() == "gw.toml: homeassistant.enable: unknown key"
 
 
 @pytest.mark.parametrize("pump_id", ["PMP+1", "PMP#1", "PMP/1", "+", "#"])
