@@ -8,6 +8,7 @@ Unknown values are ``None`` (JSON ``null``), never 0.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -135,6 +136,34 @@ class PumpState(_Payload):
     stale: bool
 
 
+class Problems(_Payload):
+    """``{p}/{gw}/pumps/{pump}/problems``: which alert types are open, retained.
+
+    One flag per alert type: true while an alert of that type is active or
+    acknowledged, false once it cleared or when there never was one. Published
+    only with Home Assistant discovery enabled (docs/homeassistant.md), when the
+    pump is announced and whenever its alerts change. ``link_lost`` is
+    gateway-wide: it is true only on ``{pump}`` = ``_gateway``.
+    """
+
+    pump_id: str
+    reservoir_low: bool
+    refill_due: bool
+    battery_low: bool
+    pump_fault: bool
+    telemetry_lost: bool
+    link_lost: bool
+    dose_out_of_range: bool
+    flow_deviation: bool
+    data_invalid: bool
+
+    @classmethod
+    def of(cls, pump_id: str, open_types: Iterable[AlertType]) -> Problems:
+        """The flags of ``pump_id`` with ``open_types`` (active or acknowledged) set."""
+        opened = set(open_types)
+        return cls.model_validate({"pump_id": pump_id, **{t.value: t in opened for t in AlertType}})
+
+
 class ProgrammerIdentity(_Payload):
     vendor: str
     model: str
@@ -214,6 +243,9 @@ class Topics:
     def alert(self, pump_id: str, alert_type: AlertType) -> str:
         return f"{self.base}/pumps/{pump_id}/alerts/{alert_type.value}"
 
+    def problems(self, pump_id: str) -> str:
+        return f"{self.base}/pumps/{pump_id}/problems"
+
 
 # The JSON Schema of a time as ``format_utc`` writes it.
 UTC_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{3})?Z$"
@@ -258,6 +290,7 @@ PAYLOAD_MODELS: dict[str, tuple[type[BaseModel], JsonSchemaMode]] = {
     "info": (Info, "serialization"),
     "state": (PumpState, "serialization"),
     "alert": (Alert, "serialization"),
+    "problems": (Problems, "serialization"),
     "event": (Event, "serialization"),
     "cmd_ack": (AckCommand, "validation"),
     "cmd_result": (CommandResult, "serialization"),

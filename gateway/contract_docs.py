@@ -34,6 +34,7 @@ from gateway.contract import (
     EventKind,
     Info,
     OutboxStatus,
+    Problems,
     ProgrammerIdentity,
     PumpState,
     Severity,
@@ -123,6 +124,7 @@ def _examples() -> dict[str, Any]:
             stale=False,
         ),
         "alert": alert,
+        "problems": Problems.of("PMP-0001", [AlertType.RESERVOIR_LOW, AlertType.REFILL_DUE]),
         "event": Event(
             event_id="01M8NQFJ004CGAETXH215VGQN3",
             at=_AT,
@@ -153,7 +155,7 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
     ),
     "pump": _param(
         "The pump's serial number, as in the payload's `pump_id`. Gateway-wide alerts "
-        f"(`link_lost`) use `{GATEWAY_PUMP}`.",
+        f"(`link_lost`) and their problems use `{GATEWAY_PUMP}`.",
         examples=["PMP-0001", GATEWAY_PUMP],
         location="$message.payload#/pump_id",
     ),
@@ -211,6 +213,19 @@ _CHANNELS: dict[str, _Channel] = {
         "Alert",
         "Current state of one alert of one pump, so a dashboard that connects late sees "
         "every active alert. A cleared alert stays retained with `state: cleared`.",
+    ),
+    "problems": _Channel(
+        "pumps/{pump}/problems",
+        "problems",
+        True,
+        "problems",
+        "Pump problems",
+        "Which alert types of one pump are open now: one flag per alert type, true while "
+        "an alert of that type is active or acknowledged. Exists from the moment the pump "
+        "is announced, so a consumer can tell 'no problem' from 'not known yet'. Published "
+        "only with Home Assistant discovery enabled (`[homeassistant] enabled = true`), "
+        "when the pump is announced and whenever its alerts change; cleared (an empty "
+        "retained message) when the pump is removed or discovery is turned off.",
     ),
     "events": _Channel(
         "events",

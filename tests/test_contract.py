@@ -28,7 +28,7 @@ from processes import Process, gateway, gateway_config, simulator
 
 from gateway import contract_docs
 from gateway.broker import BrokerEndpoint
-from gateway.contract import PAYLOAD_MODELS, AlertType, EventKind
+from gateway.contract import PAYLOAD_MODELS, AlertType, EventKind, Problems
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ROOT / "docs" / "contract"
@@ -94,7 +94,21 @@ def test_committed_contract_files_are_current() -> None:
 def test_one_schema_per_payload_role() -> None:
     expected = {contract_docs.schema_file(role) for role in PAYLOAD_MODELS}
     assert set(schema_files()) == expected
-    assert {"info", "state", "alert", "event", "cmd_ack", "cmd_result"} == set(PAYLOAD_MODELS)
+    assert {"info", "state", "alert", "problems", "event", "cmd_ack", "cmd_result"} == set(
+        PAYLOAD_MODELS
+    )
+
+
+def test_problems_has_one_flag_per_alert_type() -> None:
+    fields = list(Problems.model_fields)
+    assert fields[0] == "pump_id"
+    assert set(fields[1:]) == {t.value for t in AlertType}
+    flags = Problems.of("PMP-0001", [AlertType.PUMP_FAULT, AlertType.PUMP_FAULT]).model_dump()
+    assert {k for k, v in flags.items() if v is True} == {"pump_fault"}
+    assert Problems.of("PMP-0001", []).model_dump() == {
+        "pump_id": "PMP-0001",
+        **{t.value: False for t in AlertType},
+    }
 
 
 @pytest.mark.parametrize("name", sorted(schema_files()))
@@ -237,7 +251,7 @@ def test_asyncapi_agrees_with_the_topic_table_of_docs_mqtt_md() -> None:
         (ROOT / "docs/mqtt.md").read_text(),
         re.M,
     )
-    assert len(rows) == 7, rows
+    assert len(rows) == 8, rows
     table = {
         topic.replace("{p}", "{prefix}").replace("{gw}", "{gateway}"): (retained, int(qos))
         for topic, retained, qos in rows
