@@ -5,7 +5,9 @@ preferred), otherwise an in-process amqtt broker on a background thread with its
 asyncio event loop.  Both listen on 127.0.0.1 only and allow anonymous clients, unless
 ``users`` is given: then only those user names and passwords may connect (for tests of
 the gateway with wrong credentials).  ``tls`` (mosquitto only) makes the listener
-speak TLS with the given server certificate and key.
+speak TLS with the given server certificate and key. ``websockets=True`` adds a
+second, plain listener that speaks MQTT over WebSockets (for the browser dashboard);
+its port is ``endpoint.ws_port``.
 
 Usage::
 
@@ -60,6 +62,7 @@ PASSWD_FILE_NAME = "passwd"
 PASSWD_TOOL_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+AMQTT_SHUTDOWN_S = 2.0
 _PORT_RETRIES = 3
 _LOG_TAIL_LINES = 30
 _CONNECT_POLL_S = 0.05
@@ -292,6 +295,7 @@ class LocalBroker:
         log_path: Path | None = None,
         users: Mapping[str, str] | None = None,
         tls: BrokerTls | None = None,
+        websockets: bool = False,
     ) -> None:
         if prefer not in ("mosquitto", "amqtt"):
             raise ValueError(f"prefer must be 'mosquitto' or 'amqtt', not {prefer!r}")
@@ -303,6 +307,7 @@ class LocalBroker:
         self._log_path = log_path
         self._users = _checked_users(users)
         self._tls = tls
+        self._websockets = websockets
         self._lock = threading.RLock()
         self._endpoint: BrokerEndpoint | None = None
         # mosquitto state
@@ -374,7 +379,7 @@ class LocalBroker:
                 if kind == "mosquitto":
                     endpoint = self._start_mosquitto(self._requested_port)
                 else:
-                    endpoint = self._start_amqtt(self._requested_port)
+                    endpoint = self._start_amqtt(self._requested_port, self._ws_port())
             except BaseException:
                 self._teardown()
                 raise
@@ -410,7 +415,7 @@ class LocalBroker:
             if endpoint.kind == "mosquitto":
                 self._stop_mosquitto_process()
                 try:
-                    self._spawn_mosquitto(endpoint.port)
+                    self._spawn_mosquitto(endpoint.port, endpoint.ws_port)
                     self._wait_mosquitto_ready(endpoint.port)
                 except BaseException:
                     self._teardown()
@@ -426,7 +431,7 @@ class LocalBroker:
             else:
                 self._stop_amqtt()
                 try:
-                    new = self._start_amqtt(endpoint.port)
+                    new = self._start_amqtt(endpoint.port, endpoint.ws_port)
                 except BaseException:
                     self._teardown()
                     raise
@@ -474,7 +479,7 @@ class LocalBroker:
         assert self._tmpdir is not None
         return self._log_path if self._log_path is not None else self._tmpdir / "mosquitto.log"
 
-    def _write_mosquitto_config(self, port: int) -> Path:
+    def _write_mosquitto_config(self, port: int, ws_port: int | None) -> Path:
         assert self._tmpdir is not None
         log_file = self._mosquitto_log_file()
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -491,6 +496,8 @@ class LocalBroker:
             ]
             if tls.cafile is not None:
                 lines.append(f"cafile {tls.cafile.resolve()}")
+        if ws_port is not None:
+            lines += [f"listener {ws_port} {LOOPBACK}", "protocol websockets"]
         if self._users is None:
             lines.append("allow_anonymous true")
         else:
@@ -526,10 +533,12 @@ class LocalBroker:
         conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return conf
 
-    def _spawn_mosquitto(self, port: int) -> None:
+    def _spawn_mosquitto(self, port: int, ws_port: int | None) -> None:
         assert self._tmpdir is not None and self._mosquitto_bin is not None
         _ensure_port_free(port)
-        conf = self._write_mosquitto_config(port)
+        if ws_port is not None:
+            _ensure_port_free(ws_port)
+        conf = self._write_mosquitto_config(port, ws_port)
         self._stderr_file = open(self._tmpdir / "mosquitto.stderr", "ab")  # noqa: SIM115
         self._proc = subprocess.Popen(
             [self._mosquitto_bin, "-c", str(conf)],
@@ -584,8 +593,9 @@ class LocalBroker:
         attempts = 1 if port else _PORT_RETRIES
         for attempt in range(1, attempts + 1):
             chosen = port or free_loopback_port()
+            ws_port = self._ws_port()
             try:
-                self._spawn_mosquitto(chosen)
+                self._spawn_mosquitto(chosen, ws_port)
                 self._wait_mosquitto_ready(chosen)
             except (_PortInUse, _MosquittoExited) as exc:
                 # An auto-picked port can be taken by someone else before mosquitto binds
@@ -599,7 +609,7 @@ class LocalBroker:
             return BrokerEndpoint(
                 host=LOOPBACK,
                 port=chosen,
-                ws_port=None,
+                ws_port=ws_port,
                 kind="mosquitto",
                 tls=self._tls is not None,
             )
@@ -625,7 +635,10 @@ class LocalBroker:
 
     # ------------------------------------------------------------------ amqtt
 
-    def _start_amqtt(self, port: int) -> BrokerEndpoint:
+    def _ws_port(self) -> int | None:
+        return free_loopback_port() if self._websockets else None
+
+    def _start_amqtt(self, port: int, ws_port: int | None) -> BrokerEndpoint:
         if self._tls is not None:
             raise BrokerError("tls= needs mosquitto (apt-get install -y mosquitto)")
         password_file: Path | None = None
@@ -639,7 +652,7 @@ class LocalBroker:
         self._abort = threading.Event()
         thread = threading.Thread(
             target=self._amqtt_thread_main,
-            args=(port, password_file, ready, result),
+            args=(port, ws_port, password_file, ready, result),
             name="amqtt-broker",
             daemon=True,
         )
@@ -657,17 +670,18 @@ class LocalBroker:
         # Broker.start() has awaited asyncio.start_server(), so the socket is listening.
         # (No TCP probe here: amqtt logs an ERROR for a connection that sends no CONNECT.)
         bound: int = result["port"]
-        return BrokerEndpoint(host=LOOPBACK, port=bound, ws_port=None, kind="amqtt")
+        return BrokerEndpoint(host=LOOPBACK, port=bound, ws_port=ws_port, kind="amqtt")
 
     def _amqtt_thread_main(
         self,
         port: int,
+        ws_port: int | None,
         password_file: Path | None,
         ready: threading.Event,
         result: dict[str, Any],
     ) -> None:
         try:
-            asyncio.run(self._amqtt_serve(port, password_file, ready, result))
+            asyncio.run(self._amqtt_serve(port, ws_port, password_file, ready, result))
         except BaseException as exc:  # reported to start() through `result`
             if not ready.is_set():
                 result["error"] = exc
@@ -680,6 +694,7 @@ class LocalBroker:
     async def _amqtt_serve(
         self,
         port: int,
+        ws_port: int | None,
         password_file: Path | None,
         ready: threading.Event,
         result: dict[str, Any],
@@ -695,10 +710,10 @@ class LocalBroker:
             auth = {plugin + "AnonymousAuthPlugin": {"allow_anonymous": True}}
         else:
             auth = {plugin + "FileAuthPlugin": {"password_file": str(password_file)}}
-        config: dict[str, Any] = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{LOOPBACK}:{port}"}},
-            "plugins": auth,
-        }
+        listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{LOOPBACK}:{port}"}}
+        if ws_port is not None:
+            listeners["websockets"] = {"type": "ws", "bind": f"{LOOPBACK}:{ws_port}"}
+        config: dict[str, Any] = {"listeners": listeners, "plugins": auth}
         abort = self._abort
         stop_event = asyncio.Event()
         # Publish loop and event *before* checking `abort`; _stop_amqtt() sets `abort`
@@ -712,7 +727,12 @@ class LocalBroker:
             if not abort.is_set():
                 await stop_event.wait()
         finally:
-            await broker.shutdown()
+            # amqtt waits for its WebSocket clients' handlers, which a client that
+            # is still connected (a browser tab) keeps alive: give up on them.
+            try:
+                await asyncio.wait_for(broker.shutdown(), AMQTT_SHUTDOWN_S)
+            except TimeoutError:
+                log.debug("broker.shutdown_timeout kind=amqtt")
 
     def _stop_amqtt(self) -> None:
         self._abort.set()

@@ -1,4 +1,4 @@
-"""``pumpgw``: run, simulate, check-config, demo, watch.
+"""``pumpgw``: run, simulate, check-config, demo, watch, dashboard.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
 Bad input gives a one-line reason per problem, never a traceback.
@@ -71,13 +71,89 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(speed=args.speed, duration_s=args.duration, broker=args.broker)
+    return run_demo(
+        speed=args.speed,
+        duration_s=args.duration,
+        broker=args.broker,
+        dashboard_port=args.dashboard_port,
+    )
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from gateway.watch import run_watch
 
     return run_watch(args)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from gateway.dashboard.server import DashboardServer, DashboardSettings, export
+
+    try:
+        settings = DashboardSettings(
+            broker_url=args.broker_url,
+            prefix=args.prefix,
+            username=args.username,
+            stale_after_s=args.stale_after_s,
+        )
+    except ValidationError as exc:
+        for error in exc.errors():
+            option = "--" + str(error["loc"][0]).replace("_", "-")
+            print(f"pumpgw dashboard: {option}: {error['msg']}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.export is not None:
+        written = export(args.export, settings)
+        print(
+            f"dashboard: {len(written)} files in {args.export} (open index.html from a web server)"
+        )
+        return 0
+    try:
+        server = DashboardServer(settings, args.listen, args.port)
+    except OSError as exc:
+        print(
+            f"pumpgw dashboard: cannot listen on {args.listen}:{args.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"dashboard: {server.url} (broker {settings.broker_url}, prefix {settings.prefix})",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    from gateway.dashboard.server import DEFAULT_PORT
+
+    parser.add_argument(
+        "--broker-url",
+        default="ws://localhost:9001/",
+        help="the broker's MQTT-over-WebSockets listener as the browser reaches it "
+        "(default ws://localhost:9001/)",
+    )
+    parser.add_argument("--prefix", default="pumpgw", help="topic prefix (mqtt.topic_prefix)")
+    parser.add_argument("--username", default=None, help="broker user name to fill in")
+    parser.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=600,
+        help="mark a pump stale when its last reading is older than this (default 600)",
+    )
+    parser.add_argument("--listen", default="127.0.0.1", help="address to serve on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve on")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="copy the page and its config.json to DIR instead of serving it",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="mosquitto",
         help="mosquitto when installed (default), else the embedded amqtt broker",
     )
+    demo.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=8080,
+        help="serve the clinic dashboard here (default 8080; another port when taken)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     watch = sub.add_parser(
@@ -129,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_watch_arguments(watch)
     watch.set_defaults(func=cmd_watch)
+
+    dashboard = sub.add_parser(
+        "dashboard",
+        help="serve the clinic dashboard (a static page that talks MQTT over WebSockets)",
+        description="Serve the clinic dashboard: a static page that connects to the broker "
+        "over MQTT over WebSockets, shows every gateway and pump live and acknowledges "
+        "alerts. --export DIR copies it for any web server (or mosquitto's http_dir).",
+    )
+    add_dashboard_arguments(dashboard)
+    dashboard.set_defaults(func=cmd_dashboard)
     return parser
 
 

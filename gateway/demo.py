@@ -4,6 +4,8 @@ Starts a local MQTT broker (mosquitto when installed, else the embedded
 amqtt broker), the simulated programmer on a pseudo-terminal with five pumps
 in different scenarios at high speed, and ``pumpgw run`` against both, then
 shows pump state and alerts from the broker until Ctrl-C (or ``--duration``).
+The broker also listens for MQTT over WebSockets, and the clinic dashboard is
+served on ``--dashboard-port`` (its URL is printed and shown in the view).
 Everything it started is stopped on the way out.
 """
 
@@ -21,7 +23,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker import LocalBroker
+from gateway.broker import BrokerEndpoint, LocalBroker
+from gateway.dashboard.server import DashboardServer, DashboardSettings
 from gateway.watch import LiveFeed, RenderOptions, Screen, WatchState
 
 GATEWAY_ID = "demo-bed"
@@ -67,25 +70,51 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
             proc.wait()
 
 
-def run_demo(speed: float, duration_s: float | None, broker: str = "mosquitto") -> int:
+def run_demo(
+    speed: float, duration_s: float | None, broker: str = "mosquitto", dashboard_port: int = 8080
+) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C
     try:
-        return _demo(speed, duration_s, broker)
+        return _demo(speed, duration_s, broker, dashboard_port)
     except KeyboardInterrupt:
         return 0
 
 
-def _demo(speed: float, duration_s: float | None, prefer: str) -> int:
+def _start_dashboard(endpoint: BrokerEndpoint, port: int) -> DashboardServer:
+    """The dashboard on ``port``, or on a free one when that is taken."""
+    settings = DashboardSettings(
+        broker_url=f"ws://{endpoint.host}:{endpoint.ws_port}/", prefix=PREFIX
+    )
+    try:
+        server = DashboardServer(settings, endpoint.host, port)
+    except OSError as exc:
+        server = DashboardServer(settings, endpoint.host, 0)
+        print(f"port {port} is taken ({exc.strerror}); dashboard on another port", flush=True)
+    server.start()
+    return server
+
+
+def _demo(speed: float, duration_s: float | None, prefer: str, dashboard_port: int) -> int:
     stop = threading.Event()
     workdir = Path(tempfile.mkdtemp(prefix="pumpgw-demo-"))
     feed = LiveFeed(WatchState(PREFIX), f"{PREFIX}/{GATEWAY_ID}/#")
-    view = RenderOptions(
-        title="pumpgw demo", color=True, device_time=True, footer=("Ctrl-C stops",)
-    )
-    screen = Screen(sys.stdout, view)  # a terminal is redrawn; a pipe gets one line per event
     with contextlib.ExitStack() as stack:
-        endpoint = stack.enter_context(LocalBroker(prefer=prefer)).start()
-        print(f"broker: {endpoint.kind} on {endpoint.host}:{endpoint.port}", flush=True)
+        endpoint = stack.enter_context(LocalBroker(prefer=prefer, websockets=True)).start()
+        print(
+            f"broker: {endpoint.kind} on {endpoint.host}:{endpoint.port} "
+            f"(WebSockets on {endpoint.ws_port})",
+            flush=True,
+        )
+        dashboard = _start_dashboard(endpoint, dashboard_port)
+        stack.callback(dashboard.stop)
+        print(f"dashboard: {dashboard.url}", flush=True)
+        view = RenderOptions(
+            title="pumpgw demo",
+            color=True,
+            device_time=True,
+            footer=(f"dashboard {dashboard.url}", "Ctrl-C stops"),
+        )
+        screen = Screen(sys.stdout, view)  # a terminal is redrawn; a pipe gets a line per event
         sim_args = [sys.executable, "-m", "drivers.simulator", "--speed", str(speed)]
         for pid, (scenario, _) in DEMO_PUMPS.items():
             sim_args += ["--pump", f"{pid}={scenario}"]
