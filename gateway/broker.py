@@ -7,7 +7,9 @@ asyncio event loop.  Both listen on 127.0.0.1 only and allow anonymous clients, 
 the gateway with wrong credentials).  ``tls`` (mosquitto only) makes the listener
 speak TLS with the given server certificate and key. ``websockets=True`` adds a
 second, plain listener that speaks MQTT over WebSockets (for the browser dashboard);
-its port is ``endpoint.ws_port``.
+its port is ``endpoint.ws_port``; with ``http_dir`` (mosquitto only) that listener
+also serves the files of that directory over plain HTTP, as a clinic's broker can
+serve the exported dashboard.
 
 Usage::
 
@@ -296,6 +298,7 @@ class LocalBroker:
         users: Mapping[str, str] | None = None,
         tls: BrokerTls | None = None,
         websockets: bool = False,
+        http_dir: Path | None = None,
     ) -> None:
         if prefer not in ("mosquitto", "amqtt"):
             raise ValueError(f"prefer must be 'mosquitto' or 'amqtt', not {prefer!r}")
@@ -307,7 +310,8 @@ class LocalBroker:
         self._log_path = log_path
         self._users = _checked_users(users)
         self._tls = tls
-        self._websockets = websockets
+        self._websockets = websockets or http_dir is not None
+        self._http_dir = http_dir
         self._lock = threading.RLock()
         self._endpoint: BrokerEndpoint | None = None
         # mosquitto state
@@ -498,6 +502,8 @@ class LocalBroker:
                 lines.append(f"cafile {tls.cafile.resolve()}")
         if ws_port is not None:
             lines += [f"listener {ws_port} {LOOPBACK}", "protocol websockets"]
+            if self._http_dir is not None:
+                lines.append(f"http_dir {self._http_dir.resolve()}")
         if self._users is None:
             lines.append("allow_anonymous true")
         else:
@@ -639,8 +645,9 @@ class LocalBroker:
         return free_loopback_port() if self._websockets else None
 
     def _start_amqtt(self, port: int, ws_port: int | None) -> BrokerEndpoint:
-        if self._tls is not None:
-            raise BrokerError("tls= needs mosquitto (apt-get install -y mosquitto)")
+        for option, value in (("tls", self._tls), ("http_dir", self._http_dir)):
+            if value is not None:
+                raise BrokerError(f"{option}= needs mosquitto (apt-get install -y mosquitto)")
         password_file: Path | None = None
         if self._users is not None:
             if self._tmpdir is None:

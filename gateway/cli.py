@@ -7,6 +7,7 @@ Bad input gives a one-line reason per problem, never a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -120,6 +121,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         f"dashboard: {server.url} (broker {settings.broker_url}, prefix {settings.prefix})",
         flush=True,
     )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:
