@@ -45,10 +45,15 @@ class Delivery:
         self._acked: list[int] = []
         self.error: str | None = None
 
-    def store(self, messages: Sequence[Outgoing], engine_snapshot: str | None) -> bool:
+    def store(
+        self,
+        messages: Sequence[Outgoing],
+        engine_snapshot: str | None,
+        discovery_record: str | None = None,
+    ) -> bool:
         """Durably store a batch; False (and published from memory) if the disk failed."""
         try:
-            self.outbox.write(messages, engine_snapshot)
+            self.outbox.write(messages, engine_snapshot, discovery_record)
         except sqlite3.Error as exc:
             # Never silently: say it loudly, report it in info, and still try
             # to deliver from memory (paho queues while disconnected).

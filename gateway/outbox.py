@@ -10,6 +10,9 @@ One SQLite file in ``gateway.state_dir`` (WAL, ``synchronous=FULL``) holds
 * ``engine``: the alert engine's state (active alerts, their ids, severities
   and acknowledgements), written in the same transaction as the messages it
   produced, so after a crash (even ``kill -9``) the two agree.
+* ``discovery``: the retained topics announced to Home Assistant (see
+  ``gateway.homeassistant``), written with the messages that announce or
+  clear them, so a restart knows what to clear.
 
 The outbox is bounded in bytes: past ``max_bytes`` the oldest coalesced rows
 go first; alerts and events are kept even then, and ``over_limit`` says so
@@ -35,6 +38,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS engine (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     snapshot TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS discovery (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    record TEXT NOT NULL
 );
 """
 
@@ -78,12 +85,22 @@ class Outbox:
         row = self._db.execute("SELECT snapshot FROM engine WHERE id = 1").fetchone()
         return None if row is None else str(row[0])
 
-    def write(self, messages: Sequence[Outgoing], engine_snapshot: str | None = None) -> None:
-        """Store messages (and the engine state that produced them) atomically.
+    def load_discovery_record(self) -> str | None:
+        row = self._db.execute("SELECT record FROM discovery WHERE id = 1").fetchone()
+        return None if row is None else str(row[0])
+
+    def write(
+        self,
+        messages: Sequence[Outgoing],
+        engine_snapshot: str | None = None,
+        discovery_record: str | None = None,
+    ) -> None:
+        """Store messages (and the engine state and discovery record that go with
+        them) atomically.
 
         Raises ``sqlite3.Error`` (e.g. disk full); then nothing was stored.
         """
-        if not messages and engine_snapshot is None:
+        if not messages and engine_snapshot is None and discovery_record is None:
             return
         db = self._db
         with self._transaction():
@@ -100,6 +117,11 @@ class Outbox:
             if engine_snapshot is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO engine (id, snapshot) VALUES (1, ?)", (engine_snapshot,)
+                )
+            if discovery_record is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO discovery (id, record) VALUES (1, ?)",
+                    (discovery_record,),
                 )
             self._enforce_limit()
 

@@ -84,6 +84,27 @@ def test_failed_write_stores_nothing(outbox: Outbox) -> None:
     assert outbox.rows == 1
 
 
+def test_discovery_record_is_written_with_its_messages_and_survives_reopen(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    first = Outbox(path, 10_000)
+    assert first.load_discovery_record() is None
+    config = Outgoing("ha/sensor/gw/p/config", b"{}", retain=True, coalesce=True)
+    first.write([config], discovery_record='{"devices": 1}')
+    first.write([event(1)], engine_snapshot="snap")  # no record: the stored one stays
+    bad = Outgoing("t", None, retain=False)  # type: ignore[arg-type]  # NOT NULL fails
+    with pytest.raises(sqlite3.IntegrityError):
+        first.write([bad], discovery_record='{"devices": 2}')
+    first.close()
+    again = Outbox(path, 10_000)
+    assert again.load_discovery_record() == '{"devices": 1}'
+    assert again.load_engine_snapshot() == "snap"
+    again.write([], discovery_record='{"devices": 3}')  # a record alone is stored too
+    assert again.load_discovery_record() == '{"devices": 3}'
+    assert [r.topic for r in again.pending(10)] == ["ha/sensor/gw/p/config", "p/gw/events"]
+
+
 def test_byte_limit_drops_old_state_first_and_never_alerts(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3", max_bytes=100)
     big_state = [
