@@ -7,8 +7,9 @@ system's CAs) and name ``mqtt.host``; a failed handshake is one ERROR line
 naming the certificate problem, then retries like any other outage. TLS is
 never dropped for plain TCP. The Last Will publishes a retained ``offline``;
 every (re)connect publishes a retained ``online`` and re-subscribes to the
-command topic. Callbacks only hand values to the daemon's queue and never let
-an exception escape into paho's thread.
+command topic and any topic ``watch``ed (Home Assistant's status). Callbacks
+only hand values to the daemon's queue and never let an exception escape
+into paho's thread.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,10 @@ class MqttLink:
         self._connack_seen = False
         self._stopping = False
         self.disconnects = 0
+        # Topics besides cmd/ack whose messages go to the daemon (Home Assistant's
+        # status); replaced by watch() from the main thread, read on every connect.
+        self._watch_lock = threading.Lock()
+        self._watched: frozenset[str] = frozenset()
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
@@ -172,6 +177,19 @@ class MqttLink:
         thread = getattr(self._client, "_thread", None)
         return isinstance(thread, threading.Thread) and thread.is_alive()
 
+    def watch(self, topics: Iterable[str]) -> None:
+        """Also hand messages on ``topics`` to the daemon (as ``CommandReceived``),
+        from now on and after every reconnect; replaces the topics watched before."""
+        new = frozenset(topics)
+        with self._watch_lock:
+            old, self._watched = self._watched, new
+        if not self.connected:
+            return  # _on_connect subscribes
+        for topic in sorted(old - new):
+            self._client.unsubscribe(topic)
+        for topic in sorted(new - old):
+            self._client.subscribe(topic, qos=QOS)
+
     def publish(self, topic: str, payload: bytes, retain: bool) -> mqtt.MQTTMessageInfo:
         """QoS 1; ``PublishAcked(mid)`` follows the broker's PUBACK. paho keeps
         a message it has taken in memory and resends it after a reconnect."""
@@ -208,7 +226,10 @@ class MqttLink:
             self._connected.set()
             log_event(log, "mqtt_connected", host=self.config.mqtt.host)
             client.publish(self.topics.status, b"online", qos=QOS, retain=True)
-            client.subscribe(self.topics.cmd_ack, qos=QOS)
+            with self._watch_lock:
+                watched = sorted(self._watched)
+            for topic in [self.topics.cmd_ack, *watched]:
+                client.subscribe(topic, qos=QOS)
             self._sink(BrokerConnected())
         except Exception:
             log.exception("event=mqtt_callback_failed callback=on_connect")
