@@ -161,17 +161,18 @@ def card(page: Page, pump: str) -> Any:
 
 # --- the model, fed made-up messages and a made-up clock ---------------------------------
 
-MODEL_RUN = """([messages, nowIso, staleAfterS]) => {
+MODEL_RUN = """([messages, nowIso, staleAfterS, connected]) => {
   const M = window.PumpgwModel;
   const now = Date.parse(nowIso);
   const m = M.createModel("pumpgw");
+  m.connected = connected;
   const accepted = messages.map(([topic, text]) => M.applyMessage(m, topic, text, now));
   const gateways = M.gateways(m).map((gw) => ({
     id: gw.id,
     status: gw.status,
     pumps: M.pumps(gw).map((p) => ({
       id: p.id,
-      stale: M.staleReasons(gw, p, now, staleAfterS * 1000),
+      stale: M.staleReasons(m, gw, p, now, staleAfterS * 1000),
       alerts: M.sortAlerts(p.alerts.values()).map((a) => a.alert_id),
       gauge: M.gaugeLevel(p),
     })),
@@ -194,9 +195,9 @@ def topic(tail: str, gw: str = GW) -> str:
     return f"pumpgw/{gw}/{tail}"
 
 
-def run_model(page: Page, messages: list[tuple[str, Any]], stale_after_s: float = 600) -> Any:
+def run_model(page: Page, messages: list[tuple[str, Any]], connected: bool = True) -> Any:
     wire = [(t, p.decode() if isinstance(p, bytes) else json.dumps(p)) for t, p in messages]
-    return page.evaluate(MODEL_RUN, [wire, NOW, stale_after_s])
+    return page.evaluate(MODEL_RUN, [wire, NOW, 600, connected])
 
 
 @pytest.fixture
@@ -257,6 +258,9 @@ def test_model_says_why_figures_are_not_current(model_page: Page) -> None:
         "PMP-0004": ["no reading yet"],
         "PMP-0005": ["gateway offline", "programmer link down"],
     }
+    # While this page is cut off from the broker, nothing it shows is current.
+    out = run_model(model_page, [(topic("pumps/PMP-0001/state"), STATE)], connected=False)
+    assert out["gateways"][0]["pumps"][0]["stale"] == ["this page is not connected to the broker"]
 
 
 def test_model_counts_what_it_does_not_understand_and_drops_copies(model_page: Page) -> None:
@@ -454,6 +458,24 @@ def test_the_page_fits_a_tablet(
         card(page, "PMP-0003").locator(".ack-button").tap()  # touch works too
         expect(page.locator("#nurse-name")).to_be_focused()
         screenshot(page, "dashboard-tablet.png")
+
+
+def test_losing_the_broker_marks_every_pump_stale(browser: Browser) -> None:
+    with (
+        LocalBroker(prefer="mosquitto", websockets=True) as broker,
+        serving(broker.endpoint) as server,
+        open_page(browser) as page,
+    ):
+        publish_retained(broker.endpoint, f"pumpgw/{GW}/pumps/PMP-0001/state", "PMP-0001")
+        page.goto(server.url)
+        bed = card(page, "PMP-0001")
+        expect(bed).to_have_attribute("data-stale", "false")
+        broker.stop()
+        expect(page.locator("#connection")).not_to_have_attribute("data-state", "connected")
+        expect(bed).to_have_attribute("data-stale", "true")
+        expect(bed.locator(".stale-reason")).to_have_text(
+            "Not current: this page is not connected to the broker"
+        )
 
 
 def test_no_broker_is_said_and_nothing_is_shown(page: Page, dashboard: DashboardServer) -> None:

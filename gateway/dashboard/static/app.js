@@ -79,6 +79,9 @@
     });
     client.on("reconnect", () => setConnection("connecting", broker_url));
     client.on("offline", () => setConnection("offline", broker_url));
+    client.on("close", () => {
+      if (app.connection.state === "connected") setConnection("offline", broker_url);
+    });
     client.on("error", (err) => setConnection("error", err.message));
     client.on("message", (topic, payload) => {
       if (M.applyMessage(app.model, topic, decoder.decode(payload), Date.now())) scheduleRender();
@@ -88,6 +91,7 @@
 
   function setConnection(state, detail) {
     app.connection = { state, detail };
+    app.model.connected = state === "connected";
     scheduleRender();
   }
 
@@ -291,7 +295,7 @@
   function updatePump(card, gw, pump, now) {
     const s = pump.state ?? {};
     card.id = cardId(gw.id, pump.id);
-    const reasons = M.staleReasons(gw, pump, now, app.settings.stale_after_s * 1000);
+    const reasons = M.staleReasons(app.model, gw, pump, now, app.settings.stale_after_s * 1000);
     setData(card, { gateway: gw.id, pump: pump.id, stale: String(reasons.length > 0) });
     card.classList.toggle("stale", reasons.length > 0);
     setText($(".label", card), s.label ?? pump.id);

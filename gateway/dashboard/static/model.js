@@ -37,6 +37,7 @@
       pendingAcks: new Map(), // alert_id -> {gateway, by, sentAt}
       ackOutcome: new Map(), // alert_id -> last cmd/result for it
       ignored: 0, // messages that were not understood (bad JSON, unknown topic)
+      connected: false, // whether this page is connected to the broker now
     };
   }
 
@@ -223,8 +224,9 @@
   }
 
   // Why a pump's figures may be out of date (empty: they are current).
-  function staleReasons(gw, pump, nowMs, staleAfterMs) {
+  function staleReasons(model, gw, pump, nowMs, staleAfterMs) {
     const reasons = [];
+    if (!model.connected) reasons.push("this page is not connected to the broker");
     if (gw.status === "offline") reasons.push("gateway offline");
     if (gw.info?.link === "down") reasons.push("programmer link down");
     const state = pump.state;
