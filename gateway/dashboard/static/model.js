@@ -188,14 +188,17 @@
     return alert.state !== "cleared";
   }
 
-  // Open alerts, critical first, then the ones nobody acknowledged, then oldest first.
-  function sortAlerts(alerts) {
-    return [...alerts].filter(isOpen).sort(
-      (a, b) =>
-        (SEVERITY_RANK[b.severity] ?? 0) - (SEVERITY_RANK[a.severity] ?? 0) ||
-        Number(a.state === "acknowledged") - Number(b.state === "acknowledged") ||
-        String(a.raised_at).localeCompare(String(b.raised_at)),
+  // Critical first, then the ones nobody acknowledged, then the oldest.
+  function compareAlerts(a, b) {
+    return (
+      (SEVERITY_RANK[b.severity] ?? 0) - (SEVERITY_RANK[a.severity] ?? 0) ||
+      Number(a.state === "acknowledged") - Number(b.state === "acknowledged") ||
+      String(a.raised_at).localeCompare(String(b.raised_at))
     );
+  }
+
+  function sortAlerts(alerts) {
+    return [...alerts].filter(isOpen).sort(compareAlerts);
   }
 
   function gateways(model) {
@@ -219,8 +222,7 @@
         for (const alert of pump.alerts.values()) all.push({ gateway: gw.id, label, alert });
       }
     }
-    const order = sortAlerts(all.map((x) => x.alert));
-    return order.map((alert) => all.find((x) => x.alert === alert));
+    return all.filter((x) => isOpen(x.alert)).sort((x, y) => compareAlerts(x.alert, y.alert));
   }
 
   // Why a pump's figures may be out of date (empty: they are current).
