@@ -659,7 +659,7 @@ class LocalBroker:
         self._abort = threading.Event()
         thread = threading.Thread(
             target=self._amqtt_thread_main,
-            args=(port, ws_port, password_file, ready, result),
+            args=(_AmqttListen(port, ws_port, password_file), ready, result),
             name="amqtt-broker",
             daemon=True,
         )
@@ -680,15 +680,10 @@ class LocalBroker:
         return BrokerEndpoint(host=LOOPBACK, port=bound, ws_port=ws_port, kind="amqtt")
 
     def _amqtt_thread_main(
-        self,
-        port: int,
-        ws_port: int | None,
-        password_file: Path | None,
-        ready: threading.Event,
-        result: dict[str, Any],
+        self, listen: _AmqttListen, ready: threading.Event, result: dict[str, Any]
     ) -> None:
         try:
-            asyncio.run(self._amqtt_serve(port, ws_port, password_file, ready, result))
+            asyncio.run(self._amqtt_serve(listen, ready, result))
         except BaseException as exc:  # reported to start() through `result`
             if not ready.is_set():
                 result["error"] = exc
@@ -699,12 +694,7 @@ class LocalBroker:
             ready.set()
 
     async def _amqtt_serve(
-        self,
-        port: int,
-        ws_port: int | None,
-        password_file: Path | None,
-        ready: threading.Event,
-        result: dict[str, Any],
+        self, listen: _AmqttListen, ready: threading.Event, result: dict[str, Any]
     ) -> None:
         from amqtt.broker import Broker
 
@@ -713,13 +703,14 @@ class LocalBroker:
         # refuses clients without a user name (no plugin answers -> not authorized).
         plugin = "amqtt.plugins.authentication."
         auth: dict[str, Any]
-        if password_file is None:
+        if listen.password_file is None:
             auth = {plugin + "AnonymousAuthPlugin": {"allow_anonymous": True}}
         else:
-            auth = {plugin + "FileAuthPlugin": {"password_file": str(password_file)}}
-        listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{LOOPBACK}:{port}"}}
-        if ws_port is not None:
-            listeners["websockets"] = {"type": "ws", "bind": f"{LOOPBACK}:{ws_port}"}
+            auth = {plugin + "FileAuthPlugin": {"password_file": str(listen.password_file)}}
+        tcp = {"type": "tcp", "bind": f"{LOOPBACK}:{listen.port}"}
+        listeners: dict[str, Any] = {"default": tcp}
+        if listen.ws_port is not None:
+            listeners["websockets"] = {"type": "ws", "bind": f"{LOOPBACK}:{listen.ws_port}"}
         config: dict[str, Any] = {"listeners": listeners, "plugins": auth}
         abort = self._abort
         stop_event = asyncio.Event()
@@ -729,7 +720,7 @@ class LocalBroker:
         broker = Broker(config, loop=asyncio.get_running_loop())
         await broker.start()
         try:
-            result["port"] = _amqtt_bound_port(broker, port)
+            result["port"] = _amqtt_bound_port(broker, listen.port)
             ready.set()
             if not abort.is_set():
                 await stop_event.wait()
@@ -755,6 +746,13 @@ class LocalBroker:
             log.error("broker.thread_leak kind=amqtt thread=%s", thread.name)
             raise BrokerError(f"amqtt broker thread {thread.name} did not stop")
         log.debug("broker.joined kind=amqtt thread=%s", thread.name)
+
+
+@dataclass(frozen=True)
+class _AmqttListen:
+    port: int
+    ws_port: int | None
+    password_file: Path | None
 
 
 class _PortInUse(BrokerError):

@@ -248,13 +248,7 @@
     setText($(".gw-programmer", section), prog ? `${prog.vendor} ${prog.model} ${prog.serial}` : "");
     const pending = info?.outbox?.pending;
     setText($(".gw-outbox", section), pending ? `${pending} messages queued` : "");
-    reconcile(
-      $(".gateway-alerts", section),
-      M.sortAlerts(gw.alerts.values()),
-      (a) => a.alert_id,
-      createAlert,
-      (node, a) => updateAlert(node, gw.id, a, now),
-    );
+    renderAlerts($(".gateway-alerts", section), gw.id, gw.alerts, now);
     reconcile(
       $(".pumps", section),
       M.pumps(gw),
@@ -325,13 +319,12 @@
     setText($(".seen dd", card), M.ago(seen, now));
     $(".seen dd", card).title = s.received_at ?? "";
 
-    reconcile(
-      $(".pump-alerts", card),
-      M.sortAlerts(pump.alerts.values()),
-      (a) => a.alert_id,
-      createAlert,
-      (node, a) => updateAlert(node, gw.id, a, now),
-    );
+    renderAlerts($(".pump-alerts", card), gw.id, pump.alerts, now);
+  }
+
+  function renderAlerts(list, gateway, alerts, now) {
+    const open = M.sortAlerts(alerts.values());
+    reconcile(list, open, (a) => a.alert_id, createAlert, (node, a) => updateAlert(node, gateway, a, now));
   }
 
   function createAlert() {
