@@ -11,6 +11,11 @@ attempt failed and retrying started), ``STATUS=`` on link and broker changes,
 and ``WATCHDOG=1`` only while the serial reader and paho's network thread are
 alive: a wedged thread, or a main loop that stops turning, misses the ping
 and systemd restarts the gateway.
+
+With ``[homeassistant] enabled = true`` each turn also queues the Home
+Assistant discovery messages that changed (``gateway.homeassistant`` decides
+which): retained, coalesced rows of the same outbox, stored together with the
+record of what is announced, so a restart can clear what is gone.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from gateway.contract import (
     ProgrammerIdentity,
 )
 from gateway.delivery import Delivery
+from gateway.homeassistant import Announcer, Plan, load_record, status_topic
 from gateway.mqtt_link import (
     BrokerConnected,
     BrokerDisconnected,
@@ -91,7 +97,8 @@ class ReloadRequested:
 
 
 DaemonInput = PortEvent | BrokerEvent | StopRequested | ReloadRequested
-LIVE_SECTIONS = ("thresholds", "pumps")  # what a reload changes; the rest needs a restart
+# What a reload changes; the rest needs a restart.
+LIVE_SECTIONS = ("thresholds", "pumps", "homeassistant")
 
 
 class Daemon:
@@ -121,8 +128,10 @@ class Daemon:
         )
         self.delivery = Delivery(self.outbox, self.mqtt)
         self.state = self._restore_state()
+        self.announcer = self._restore_announcer()
         self.commands_rejected = 0
         self._outgoing: list[Outgoing] = []
+        self._discovery_record: str | None = None  # to store with the next commit
         self._to_log: list[Event] = []
         self._snapshot_dirty = False
         self._next_tick = 0.0
@@ -154,6 +163,23 @@ class Daemon:
         log_event(log, "engine_state_restored", active_alerts=len(active), pending=self.outbox.rows)
         return state
 
+    def _restore_announcer(self) -> Announcer:
+        """What was announced to Home Assistant before this start (to clear what is gone)."""
+        record = self.outbox.load_discovery_record()
+        announced: dict[str, list[str]] = {}
+        if record is not None:
+            try:
+                announced = load_record(record)
+            except ValueError as exc:
+                log_event(
+                    log,
+                    "discovery_record_unreadable",
+                    logging.ERROR,
+                    error=exc,
+                    action="announce afresh; topics announced before are not cleared",
+                )
+        return Announcer(self.topics, package_version(), announced)
+
     # --- main loop --------------------------------------------------------------
 
     def request_stop(self, why: str) -> None:
@@ -181,6 +207,7 @@ class Daemon:
             broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}",
         )
         self.notifier.status("starting: opening the serial port, connecting to the broker")
+        self._watch_homeassistant()
         self.mqtt.start()
         self._watch_mqtt_loop = self.mqtt.loop_alive()
         if not self._watch_mqtt_loop:
@@ -197,6 +224,7 @@ class Daemon:
         self._feed(engine.Lifecycle(EventKind.GATEWAY_STARTED))
         while (stop := self._handle_batch()) is None:
             self._on_time_passed()
+            self._sync_discovery()
             self._commit()
             self._tell_systemd()
         log_event(log, "gateway_stopping", why=stop.why)
@@ -225,11 +253,12 @@ class Daemon:
 
     def _commit(self) -> None:
         """Outbox first (with the engine state), then the broker."""
-        if self._outgoing or self._snapshot_dirty:
+        if self._outgoing or self._snapshot_dirty or self._discovery_record is not None:
             snapshot = engine.dump_state(self.state) if self._snapshot_dirty else None
-            self.delivery.store(self._outgoing, snapshot)
+            self.delivery.store(self._outgoing, snapshot, self._discovery_record)
             self._outgoing = []
             self._snapshot_dirty = False
+            self._discovery_record = None
             for ev in self._to_log:
                 _log_event(ev)
             self._to_log = []
@@ -386,7 +415,10 @@ class Daemon:
             case BrokerDisconnected():
                 pass  # paho reconnects by itself; the log line is written there
             case CommandReceived(topic=topic, payload=payload):
-                self._command(topic, payload)
+                if topic == status_topic(self.config.homeassistant):
+                    self._homeassistant_status(payload)
+                else:
+                    self._command(topic, payload)
             case ReloadRequested():
                 if self._ready:
                     self.notifier.reloading()
@@ -415,6 +447,8 @@ class Daemon:
                 log, "config_reload_needs_restart", logging.WARNING, sections=",".join(frozen)
             )
         self.config = self.config.model_copy(update={k: getattr(new, k) for k in LIVE_SECTIONS})
+        self.announcer.config_changed()
+        self._watch_homeassistant()
         log_event(log, "config_reloaded", path=self.config_path, pumps=len(self.config.pumps))
 
     def _session_events(self, events: list[ses.SessionEvent]) -> None:
@@ -493,8 +527,13 @@ class Daemon:
     def _feed(self, event: engine.EngineInput) -> None:
         outcome = engine.step(self.state, event, self.clock(), self.config)
         self.state = outcome.state
+        reporter = _reporting_pump(event)
+        if reporter is not None:
+            self.announcer.pump_reported(reporter)
         if outcome.events:
             self._snapshot_dirty = True  # alerts or the id counter moved
+        if any(ev.alert is not None for ev in outcome.events):
+            self.announcer.alerts_changed()
         for ev in outcome.events:
             if ev.alert is not None:
                 topic = self.topics.alert(ev.alert.pump_id, ev.alert.type)
@@ -508,6 +547,33 @@ class Daemon:
             if not result.ok:
                 self.commands_rejected += 1
             self._publish_result(result)
+
+    # --- Home Assistant discovery ---------------------------------------------------
+
+    def _watch_homeassistant(self) -> None:
+        topic = status_topic(self.config.homeassistant)
+        self.mqtt.watch([] if topic is None else [topic])
+
+    def _homeassistant_status(self, payload: bytes) -> None:
+        """Home Assistant (re)started: announce everything again, as it asks."""
+        if payload.strip() == b"online":
+            log_event(log, "homeassistant_online", action="announce again")
+            self.announcer.republish()
+
+    def _sync_discovery(self) -> None:
+        """Queue what Home Assistant discovery needs now (retained, newest wins)."""
+        sync = self.announcer.sync(self.config, self.state)
+        if sync is None:
+            return
+        self._outgoing += _discovery_outgoing(sync)
+        for device, topics in sync.clear.items():
+            log_event(log, "homeassistant_cleared", device=device, topics=len(topics))
+        for device, messages in sync.publish.items():
+            entities = sum(topic.endswith("/config") for topic in messages)
+            if entities:
+                log_event(log, "homeassistant_announced", device=device, entities=entities)
+        if sync.record is not None:
+            self._discovery_record = sync.record
 
     def _publish_result(self, result: CommandResult) -> None:
         self._outgoing.append(Outgoing(self.topics.cmd_result, result.to_json(), retain=False))
@@ -566,6 +632,33 @@ class Daemon:
         )
         self._published_counters = counters
         self._info_due = None
+
+
+def _reporting_pump(event: engine.EngineInput) -> str | None:
+    """The pump the programmer reported on with this input, if any."""
+    match event:
+        case engine.Reading(stat=stat):
+            return stat.pump_id
+        case engine.InvalidData(pump_id=pump_id):
+            return pump_id
+        case engine.PumpEventReceived(evt=evt):
+            return evt.pump_id
+    return None
+
+
+def _discovery_outgoing(sync: Plan) -> list[Outgoing]:
+    """Clears (empty retained payloads) first, then what is new or changed."""
+    out = [
+        Outgoing(topic, b"", retain=True, coalesce=True)
+        for topics in sync.clear.values()
+        for topic in topics
+    ]
+    out += [
+        Outgoing(topic, payload, retain=True, coalesce=True)
+        for messages in sync.publish.values()
+        for topic, payload in messages.items()
+    ]
+    return out
 
 
 def _log_event(ev: Event) -> None:

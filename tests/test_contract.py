@@ -294,7 +294,10 @@ PUMPS = {
     "PMP-0008": "over-infusion",
 }
 # Concentrations other than the first syringe's are a wrong refill: dose_out_of_range.
-EXTRA_CONFIG = '[pumps."PMP-0005"]\nallowed_concentrations = [500.0]\n'
+# Home Assistant discovery on: the gateway publishes the `problems` topics too.
+EXTRA_CONFIG = (
+    '[pumps."PMP-0005"]\nallowed_concentrations = [500.0]\n[homeassistant]\nenabled = true\n'
+)
 
 
 def message_schema(message: dict[str, Any]) -> dict[str, Any]:
