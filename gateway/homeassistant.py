@@ -236,10 +236,7 @@ class Discovery:
             origin=self.origin,
         )
         messages = {self.config_topic(BINARY_SENSOR, "gateway_link"): link.to_json()}
-        for alert_type in GATEWAY_PROBLEMS:
-            object_id = f"gateway_{alert_type.value}"
-            config = self._problem(device, GATEWAY_PUMP, alert_type, object_id)
-            messages[self.config_topic(BINARY_SENSOR, object_id)] = config.to_json()
+        messages |= self._problem_messages(device, GATEWAY_PUMP, "gateway", GATEWAY_PROBLEMS)
         messages[self.topics.problems(GATEWAY_PUMP)] = problems.to_json()
         return messages
 
@@ -253,10 +250,7 @@ class Discovery:
             object_id = f"{slug(pump_id)}_{spec.key}"
             sensor = self._sensor(device, pump_id, spec, object_id)
             messages[self.config_topic(SENSOR, object_id)] = sensor.to_json()
-        for alert_type in PUMP_PROBLEMS:
-            object_id = f"{slug(pump_id)}_{alert_type.value}"
-            config = self._problem(device, pump_id, alert_type, object_id)
-            messages[self.config_topic(BINARY_SENSOR, object_id)] = config.to_json()
+        messages |= self._problem_messages(device, pump_id, slug(pump_id), PUMP_PROBLEMS)
         messages[self.topics.problems(pump_id)] = problems.to_json()
         return messages
 
@@ -282,6 +276,17 @@ class Discovery:
             device=device,
             origin=self.origin,
         )
+
+    def _problem_messages(
+        self, device: Device, pump_id: str, prefix: str, alert_types: Iterable[AlertType]
+    ) -> dict[str, bytes]:
+        """One problem binary sensor per alert type, by config topic."""
+        messages = {}
+        for alert_type in alert_types:
+            object_id = f"{prefix}_{alert_type.value}"
+            config = self._problem(device, pump_id, alert_type, object_id)
+            messages[self.config_topic(BINARY_SENSOR, object_id)] = config.to_json()
+        return messages
 
     def _problem(
         self, device: Device, pump_id: str, alert_type: AlertType, object_id: str
