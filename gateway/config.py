@@ -32,8 +32,6 @@ TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 TopicLevel = Annotated[str, StringConstraints(pattern=TOPIC_LEVEL_PATTERN)]
 # Topic levels separated by '/': no wildcards ('+', '#'), no empty level.
 TOPIC_PATH_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
-# A topic prefix: levels separated by '/', no wildcards ('+', '#'), no empty level.
-TOPIC_PREFIX_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 
 
 def default_gateway_id() -> str:
@@ -70,7 +68,7 @@ MQTT_TLS_PORT = 8883
 class MqttSection(_Section):
     host: str = Field(default="localhost", min_length=1, max_length=253)
     port: int = Field(default=MQTT_PORT, ge=1, le=65535)  # MQTT_TLS_PORT with tls = true
-    topic_prefix: str = Field(default="pumpgw", max_length=128, pattern=TOPIC_PREFIX_PATTERN)
+    topic_prefix: str = Field(default="pumpgw", max_length=128, pattern=TOPIC_PATH_PATTERN)
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     username: str | None = Field(default=None, min_length=1, max_length=256)
     password_file: FilePath | None = None

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.logfmt import log_event
-from gateway.config import TOPIC_PREFIX_PATTERN
+from gateway.config import TOPIC_PATH_PATTERN
 
 log = logging.getLogger("pumpgw.dashboard")
 
@@ -35,7 +35,7 @@ class DashboardSettings(BaseModel):
         pattern=r"^wss?://[^\s/?#]+(/[^\s]*)?$",
         description="the broker's MQTT-over-WebSockets listener, ws:// or wss://",
     )
-    prefix: str = Field(default="pumpgw", max_length=128, pattern=TOPIC_PREFIX_PATTERN)
+    prefix: str = Field(default="pumpgw", max_length=128, pattern=TOPIC_PATH_PATTERN)
     username: str | None = Field(default=None, min_length=1, max_length=256)
     stale_after_s: float = Field(
         default=600, ge=10, le=86400, description="mark a pump stale when its last reading is older"
