@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS discovery (
     record TEXT NOT NULL
 );
 """
+# The tables of one row (id 1) and their text column.
+_SINGLE_ROW_TABLES = {"engine": "snapshot", "discovery": "record"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +84,19 @@ class Outbox:
         self._db.close()
 
     def load_engine_snapshot(self) -> str | None:
-        row = self._db.execute("SELECT snapshot FROM engine WHERE id = 1").fetchone()
-        return None if row is None else str(row[0])
+        return self._load_single("engine")
 
     def load_discovery_record(self) -> str | None:
-        row = self._db.execute("SELECT record FROM discovery WHERE id = 1").fetchone()
+        return self._load_single("discovery")
+
+    def _load_single(self, table: str) -> str | None:
+        column = _SINGLE_ROW_TABLES[table]
+        row = self._db.execute(f"SELECT {column} FROM {table} WHERE id = 1").fetchone()
         return None if row is None else str(row[0])
+
+    def _store_single(self, table: str, text: str) -> None:
+        column = _SINGLE_ROW_TABLES[table]
+        self._db.execute(f"INSERT OR REPLACE INTO {table} (id, {column}) VALUES (1, ?)", (text,))
 
     def write(
         self,
@@ -115,14 +124,9 @@ class Outbox:
                 self.rows += 1
                 self.bytes += len(m.payload)
             if engine_snapshot is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO engine (id, snapshot) VALUES (1, ?)", (engine_snapshot,)
-                )
+                self._store_single("engine", engine_snapshot)
             if discovery_record is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO discovery (id, record) VALUES (1, ?)",
-                    (discovery_record,),
-                )
+                self._store_single("discovery", discovery_record)
             self._enforce_limit()
 
     def pending(self, limit: int, after_id: int = 0) -> list[Stored]:
