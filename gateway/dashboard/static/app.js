@@ -57,7 +57,6 @@
   window.pumpgwDashboard = app; // for the browser tests and curious engineers
 
   function connect() {
-    app.client?.end(true);
     const { broker_url, prefix, username, password } = app.settings;
     app.model = M.createModel(prefix);
     setConnection("connecting", broker_url);
@@ -185,7 +184,7 @@
     reconcile($("#timeline"), model.events.slice(0, 100), (e) => e.event_id, createEvent, updateEvent);
     reconcile(
       $("#results"),
-      model.results.slice(0, 5),
+      model.results,
       (r) => `${r.receivedAt}:${r.alert_id ?? ""}`,
       createResult,
       () => {},

@@ -12,8 +12,8 @@
 
   const GATEWAY_PUMP = "_gateway"; // the {pump} of gateway-wide alerts (link_lost)
   const SEVERITY_RANK = { critical: 2, warning: 1 };
-  const MAX_EVENTS = 200;
-  const MAX_RESULTS = 20;
+  const MAX_EVENTS = 200; // kept to drop redelivered copies; the page shows the newest 100
+  const MAX_RESULTS = 5; // command answers shown
 
   function subscriptions(prefix) {
     const p = `${prefix}/+`;
@@ -150,14 +150,18 @@
 
   function addResult(model, gateway, result, nowMs) {
     if (typeof result.ok !== "boolean") return ignore(model);
-    const entry = { gateway, ...result, receivedAt: nowMs };
+    recordResult(model, { gateway, ...result, receivedAt: nowMs });
+    return true;
+  }
+
+  // A command's answer: newest first in the list, and the outcome of its alert.
+  function recordResult(model, entry) {
     model.results.unshift(entry);
     model.results.splice(MAX_RESULTS);
-    if (typeof result.alert_id === "string") {
-      model.pendingAcks.delete(result.alert_id);
-      model.ackOutcome.set(result.alert_id, entry);
+    if (typeof entry.alert_id === "string") {
+      model.pendingAcks.delete(entry.alert_id);
+      model.ackOutcome.set(entry.alert_id, entry);
     }
-    return true;
   }
 
   // The cmd/ack message for an alert, and the note that it is on its way.
@@ -174,12 +178,8 @@
   }
 
   function ackFailed(model, alertId, error, nowMs) {
-    const pending = model.pendingAcks.get(alertId);
-    model.pendingAcks.delete(alertId);
-    const entry = { gateway: pending?.gateway ?? null, ok: false, command: "ack", alert_id: alertId, error, receivedAt: nowMs };
-    model.ackOutcome.set(alertId, entry);
-    model.results.unshift(entry);
-    model.results.splice(MAX_RESULTS);
+    const gateway = model.pendingAcks.get(alertId)?.gateway ?? null;
+    recordResult(model, { gateway, ok: false, command: "ack", alert_id: alertId, error, receivedAt: nowMs });
   }
 
   // --- what the page shows ---------------------------------------------------------
