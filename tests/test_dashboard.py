@@ -284,6 +284,16 @@ def test_model_counts_what_it_does_not_understand_and_drops_copies(model_page: P
     )
     assert out["accepted"] == [False] * 7 + [True, False, True, True]
     assert out["ignored"] == 7
+    # What was not understood shows nothing, not even an empty gateway.
+    bad_only = run_model(
+        model_page,
+        [
+            (topic("pumps/PMP-0001/state", "bed-99"), {**STATE, "pump_id": "PMP-0002"}),
+            (topic("pumps/PMP-0001/alerts/battery_low", "bed-99"), ALERT),
+            (topic("info", "bed-99"), b"{not json"),
+        ],
+    )
+    assert bad_only["ignored"] == 3 and bad_only["gateways"] == []
     assert out["events"] == ["E1"]
     assert out["attention"] == []
 

@@ -108,22 +108,24 @@
     }
     const payload = parseJson(text);
     if (payload === null) return ignore(model);
-    const gw = gatewayOf(model, where.gateway);
+    // A gateway appears only with a message that was understood.
     switch (where.kind) {
       case "info":
-        gw.info = payload;
+        gatewayOf(model, where.gateway).info = payload;
         return true;
       case "state":
         if (payload.pump_id !== where.pump) return ignore(model);
-        pumpOf(gw, where.pump).state = payload;
+        pumpOf(gatewayOf(model, where.gateway), where.pump).state = payload;
         return true;
-      case "alert":
+      case "alert": {
         if (payload.pump_id !== where.pump || payload.type !== where.alertType) {
           return ignore(model);
         }
+        const gw = gatewayOf(model, where.gateway);
         if (where.pump === GATEWAY_PUMP) gw.alerts.set(payload.type, payload);
         else pumpOf(gw, where.pump).alerts.set(payload.type, payload);
         return true;
+      }
       case "events":
         return addEvent(model, where.gateway, payload);
       case "result":
